@@ -1,0 +1,1 @@
+"""robustaudit service side: the console script now; the HTTP API later."""

@@ -1,0 +1,1 @@
+"""robustaudit worker side: the audit engine (``worker.engine``) and, later, Celery tasks."""

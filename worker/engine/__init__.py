@@ -1,0 +1,6 @@
+"""The robustaudit audit engine: pure PyTorch, no web framework and no task queue.
+
+The CLI, the Celery tasks and a bare GPU box all call :func:`worker.engine.runner.run_audit`.
+"""
+
+__version__ = "0.1.0"
