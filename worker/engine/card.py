@@ -78,7 +78,7 @@ class ModelCard:
         return d
 
     @classmethod
-    def from_dict(cls, raw: Any) -> "ModelCard":
+    def from_dict(cls, raw: Any) -> ModelCard:
         """Validate a card given as JSON data; every problem is a :class:`ModelCardError`."""
         if not isinstance(raw, dict):
             raise ModelCardError("model card must be a JSON object")
@@ -144,7 +144,7 @@ class ModelCard:
                    preprocess=Preprocess(pre.get("resize"), pre.get("crop")), name=name)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelCard":
+    def from_file(cls, path: str | Path) -> ModelCard:
         p = Path(path)
         try:
             raw = json.loads(p.read_text())

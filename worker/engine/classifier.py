@@ -25,6 +25,9 @@ class Classifier(nn.Module):
             padded to it.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, card: ModelCard, *, sha256: str,
                  device: torch.device | str = "cpu", fixed_batch: int | None = None) -> None:
         super().__init__()

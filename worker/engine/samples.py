@@ -6,8 +6,8 @@ need the model's input size call :meth:`SampleSet.prepared`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ class SampleSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, indices: Sequence[int]) -> "SampleSet":
+    def subset(self, indices: Sequence[int]) -> SampleSet:
         """The samples at ``indices``, in that order (a shard of an audit)."""
         idx = list(indices)
         return SampleSet(images=[self.images[i] for i in idx],
@@ -53,7 +53,7 @@ class SampleSet:
                          ids=[self.ids[i] for i in idx], class_names=list(self.class_names),
                          reference=dict(self.reference))
 
-    def shards(self, count: int) -> list["SampleSet"]:
+    def shards(self, count: int) -> list[SampleSet]:
         """Split into ``count`` contiguous shards of near-equal size (none empty)."""
         count = max(1, min(count, len(self)))
         bounds = [round(i * len(self) / count) for i in range(count + 1)]

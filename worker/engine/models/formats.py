@@ -1,0 +1,191 @@
+"""One loader per checkpoint format, picked from a registry keyed by :class:`ModelFormat`.
+
+Each loader returns the network (on the CPU or the target device) and, for a torch.export
+program exported with a static batch, the batch size it accepts. None of them runs Python
+code stored in the file.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..card import ModelCard, ModelFormat
+from ..errors import ModelCardError, ModelLoadError
+from .messages import first_sentence
+from .safetensors_reader import load_safetensors
+from .torchvision_archs import build_arch
+from .weights import load_weights, normalise_state_dict, read_torch_state_dict
+
+# What torch.jit / torch.export raise on a file that is not theirs (zipfile's for non-zips).
+_READ_ERRORS = (RuntimeError, ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile)
+
+
+@dataclass
+class Loaded:
+    """A network read from a checkpoint.
+
+    Args:
+        model: the network.
+        fixed_batch: the only batch size it accepts, or None when any size works.
+        max_batch: the largest batch it accepts (a bounded dynamic batch), or None.
+    """
+
+    model: nn.Module
+    fixed_batch: int | None = None
+    max_batch: int | None = None
+
+
+class ExportedModule(nn.Module):
+    """Holds a torch.export module, which refuses ``train()``/``eval()``.
+
+    Its mode was fixed when it was exported, so switching modes here only sets the flag.
+
+    Args:
+        program: the module of ``ExportedProgram.module()``.
+    """
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        self.training = mode
+        return self
+
+
+def load_torchscript(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+    """A TorchScript archive: code and weights, run by the TorchScript interpreter."""
+    try:
+        with warnings.catch_warnings():
+            # Deprecated since torch 2.15 but still supported; users have such files.
+            warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
+            model = torch.jit.load(str(path), map_location=device)
+    except _READ_ERRORS as exc:
+        raise ModelLoadError(f"{path} is not a readable TorchScript archive: {first_sentence(exc)}"
+                             f"{format_hint(path, card.format)}") from None
+    return Loaded(model)
+
+
+def load_export(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+    """A torch.export program (.pt2); a static batch dimension becomes ``fixed_batch``."""
+    try:
+        with path.open("rb") as f:  # a file object: torch.export accepts it whatever the extension
+            program = torch.export.load(f)
+    except _READ_ERRORS as exc:
+        raise ModelLoadError(f"{path} is not a readable torch.export program: {first_sentence(exc)}"
+                             f"{format_hint(path, card.format)}") from None
+    shape = _input_shape(program, path)
+    if len(shape) != 4:
+        raise ModelCardError(f"the exported program in {path} takes a {len(shape)}-d input, expected "
+                             "N x C x H x W images")
+    for got, want, name in zip(shape[1:], card.input_size, "CHW"):
+        if isinstance(got, int) and got != want:
+            raise ModelCardError(f"the exported program in {path} takes input (N, "
+                                 f"{', '.join(_dim(d) for d in shape[1:])}) but the model card "
+                                 f"'input_size' is {list(card.input_size)} ({name} differs)")
+    batch = shape[0]
+    module = ExportedModule(program.module()).to(device)
+    if isinstance(batch, int):
+        if batch < 1:
+            raise ModelLoadError(f"the exported program in {path} has a batch size of {batch}")
+        return Loaded(module, fixed_batch=batch)
+    return Loaded(module, max_batch=_upper_bound(program, batch))
+
+
+def load_safetensors_weights(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+    """Weights for a torchvision architecture named in the card, read by our own reader."""
+    model = build_arch(card)
+    try:
+        weights = load_safetensors(path)
+    except ModelLoadError as exc:
+        raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
+    load_weights(model, normalise_state_dict(weights, path), card, path)
+    return Loaded(model)
+
+
+def load_state_dict_weights(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+    """A ``torch.save(model.state_dict())`` file for a torchvision architecture."""
+    model = build_arch(card)
+    try:
+        raw = read_torch_state_dict(path)
+    except ModelLoadError as exc:
+        raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
+    load_weights(model, normalise_state_dict(raw, path), card, path)
+    return Loaded(model)
+
+
+LOADERS: dict[ModelFormat, Callable[[Path, ModelCard, torch.device], Loaded]] = {
+    ModelFormat.TORCHSCRIPT: load_torchscript,
+    ModelFormat.EXPORT: load_export,
+    ModelFormat.SAFETENSORS: load_safetensors_weights,
+    ModelFormat.STATE_DICT: load_state_dict_weights,
+}
+
+
+def sniff_format(path: Path) -> ModelFormat | None:
+    """The format a file's content looks like (cheap: zip member names, safetensors header)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+            if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+                return ModelFormat.TORCHSCRIPT
+            if any(n.endswith("/archive_format") for n in names):
+                return ModelFormat.EXPORT
+            if any(n.endswith("data.pkl") for n in names):
+                return ModelFormat.STATE_DICT
+            return None
+        with path.open("rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size:
+        return ModelFormat.SAFETENSORS
+    return None
+
+
+def format_hint(path: Path, declared: ModelFormat) -> str:
+    """A sentence to append to a load error when the file looks like another format."""
+    seen = sniff_format(path)
+    if seen is None or seen == declared:
+        return ""
+    return (f" (the file looks like a {seen.value} checkpoint, but the model card says "
+            f"{declared.value!r}: set \"format\": \"{seen.value}\" in the card?)")
+
+
+def _input_shape(program: Any, path: Path) -> tuple[Any, ...]:
+    names = list(program.graph_signature.user_inputs)
+    if len(names) != 1:
+        raise ModelLoadError(f"the exported program in {path} takes {len(names)} inputs, expected one "
+                             "batch of images")
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name == names[0]:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                return tuple(val.shape)
+    raise ModelLoadError(f"the exported program in {path} does not record its input's shape")
+
+
+def _upper_bound(program: Any, dim: Any) -> int | None:
+    """The ``max`` of a dynamic dimension (``torch.export.Dim(..., max=64)``), if finite."""
+    expr = getattr(getattr(dim, "node", None), "expr", None)
+    bounds = program.range_constraints.get(expr) if expr is not None else None
+    upper: Any = getattr(bounds, "upper", None)
+    return int(upper) if getattr(upper, "is_Integer", False) else None
+
+
+def _dim(d: Any) -> str:
+    return str(d) if isinstance(d, int) else "dynamic"

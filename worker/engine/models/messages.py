@@ -1,0 +1,27 @@
+"""Short, readable versions of the long messages torch puts in its exceptions."""
+
+from __future__ import annotations
+
+_LIMIT = 300
+
+
+def first_sentence(exc: BaseException) -> str:
+    """The first sentence of an exception's message: torch's loaders pad theirs with advice."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    head, dot, _ = line.partition(". ")
+    return (head + dot.strip())[:_LIMIT]
+
+
+def model_message(exc: BaseException) -> str:
+    """What a model said when it raised: TorchScript's interpreter wraps it in a traceback."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    # TorchScript ends its report with "RuntimeError: <the real message>".
+    for ln in reversed(lines):
+        if ln.split(":", 1)[0].endswith("Error") and ":" in ln:
+            return ln[:_LIMIT]
+    return lines[0][:_LIMIT]

@@ -1,0 +1,170 @@
+"""Parameter schemas for suites and attacks: one definition, validated in one place.
+
+The engine validates request parameters with these; the service builds its marshmallow
+request schema from :meth:`ParamSchema.describe` so that the two never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .errors import SpecError
+
+
+class ParamKind(str, Enum):
+    INT = "integer"
+    FLOAT = "number"
+    BOOL = "boolean"
+    STR = "string"
+    CHOICE = "choice"
+    INT_LIST = "integer_list"
+    FLOAT_LIST = "number_list"
+    CHOICE_LIST = "choice_list"
+    OBJECT = "object"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter.
+
+    Args:
+        name: key in the request.
+        kind: value type.
+        default: used when the request leaves it out (``None`` allowed only if ``nullable``).
+        help: one line for docs, ``robustaudit suites`` and the OpenAPI document.
+        minimum, maximum: inclusive bounds for numbers and list items.
+        choices: allowed values for CHOICE / CHOICE_LIST.
+        min_items, max_items: list length bounds.
+        nullable: ``null`` is a legal value (meaning "automatic").
+        schema: nested schema for OBJECT.
+    """
+
+    name: str
+    kind: ParamKind
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    min_items: int = 1
+    max_items: int = 64
+    nullable: bool = False
+    schema: ParamSchema | None = None
+
+    def validate(self, value: Any) -> Any:
+        """Return the value coerced to its type, or raise ``ValueError`` saying why not."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError("must not be null")
+        kind = self.kind
+        if kind is ParamKind.BOOL:
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+            return value
+        if kind is ParamKind.INT:
+            return self._number(value, integer=True)
+        if kind is ParamKind.FLOAT:
+            return self._number(value, integer=False)
+        if kind is ParamKind.STR:
+            if not isinstance(value, str) or not value:
+                raise ValueError("must be a non-empty string")
+            return value
+        if kind is ParamKind.CHOICE:
+            return self._choice(value)
+        if kind is ParamKind.OBJECT:
+            assert self.schema is not None
+            if not isinstance(value, Mapping):
+                raise ValueError("must be an object")
+            return self.schema.validate(value, prefix=f"{self.name}.")
+        # lists
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list")
+        if not self.min_items <= len(value) <= self.max_items:
+            raise ValueError(f"must have {self.min_items} to {self.max_items} items")
+        items: list[Any]
+        if kind is ParamKind.CHOICE_LIST:
+            items = [self._choice(v) for v in value]
+        else:
+            items = [self._number(v, integer=kind is ParamKind.INT_LIST) for v in value]
+        if len(set(items)) != len(items):
+            raise ValueError("must not repeat items")
+        return items
+
+    def _number(self, value: Any, *, integer: bool) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be an integer" if integer else "must be a number")
+        if integer and not float(value).is_integer():
+            raise ValueError("must be an integer")
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"must be >= {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"must be <= {self.maximum}")
+        return int(value) if integer else float(value)
+
+    def _choice(self, value: Any) -> str:
+        if value not in self.choices:
+            raise ValueError(f"must be one of {list(self.choices)}")
+        return str(value)
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.kind.value, "default": self.default,
+                             "help": self.help, "nullable": self.nullable}
+        for key in ("minimum", "maximum"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        if self.choices:
+            d["choices"] = list(self.choices)
+        if self.kind in (ParamKind.INT_LIST, ParamKind.FLOAT_LIST, ParamKind.CHOICE_LIST):
+            d["min_items"], d["max_items"] = self.min_items, self.max_items
+        if self.schema is not None:
+            d["fields"] = self.schema.describe()
+        return d
+
+
+@dataclass(frozen=True)
+class ParamSchema:
+    """An ordered set of parameters; validates a request's dict and fills in defaults."""
+
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate parameter names in {names}")
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: (p.schema.defaults() if p.kind is ParamKind.OBJECT and p.schema and p.default is None
+                         and not p.nullable else p.default) for p in self.params}
+
+    def validate(self, raw: Mapping[str, Any] | None, *, prefix: str = "") -> dict[str, Any]:
+        """Validated parameters with defaults filled; all problems reported at once."""
+        raw = dict(raw or {})
+        known = {p.name: p for p in self.params}
+        errors: dict[str, str] = {}
+        for key in sorted(set(raw) - set(known)):
+            errors[prefix + key] = f"unknown parameter; known: {sorted(known)}"
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name not in raw:
+                out[p.name] = self.defaults()[p.name]
+                continue
+            try:
+                out[p.name] = p.validate(raw[p.name])
+            except SpecError as exc:
+                errors.update(exc.details.get("errors", {prefix + p.name: exc.message}))
+            except ValueError as exc:
+                errors[prefix + p.name] = str(exc)
+        if errors:
+            summary = "; ".join(f"{k}: {v}" for k, v in errors.items())
+            raise SpecError(f"invalid parameters: {summary}", errors=errors)
+        return out
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [p.describe() for p in self.params]

@@ -1,0 +1,123 @@
+"""Run an audit end to end: resolve the model and the data, run the suites, judge the gates.
+
+The same function serves the CLI, a Celery task and a bare GPU box. Suites are run shard by
+shard and merged exactly, which is the path a distributed audit takes as well.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .card import ModelCard
+from .classifier import Classifier
+from .datasets import DataRoots, load_samples
+from .errors import SpecError
+from .gates import evaluate_gates
+from .metrics import path_matches
+from .models import load_classifier
+from .report import build_report, utc_now, write_json_atomic
+from .samples import SampleSet
+from .spec import AuditSpec, metric_catalog
+from .suites import SuiteContext, get_suite
+from .suites.base import ArtifactStore, Partial, ProgressFn
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when present; asking for CUDA on a machine without it is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+@dataclass
+class AuditInputs:
+    """The resolved model and samples of a spec."""
+
+    classifier: Classifier
+    samples: SampleSet
+
+
+def resolve_inputs(spec: AuditSpec, roots: DataRoots | None = None) -> AuditInputs:
+    """Load the model and draw the samples; every problem is a typed input error."""
+    device = resolve_device(spec.device)
+    card: ModelCard | str | dict | None = spec.card
+    classifier = load_classifier(spec.model, card, device=device)
+    samples = load_samples(spec.dataset, roots=roots or DataRoots.from_env(), num_classes=classifier.num_classes)
+    check_placeholder_gates(spec, classifier.card)
+    return AuditInputs(classifier, samples)
+
+
+def check_placeholder_gates(spec: AuditSpec, card: ModelCard) -> None:
+    """A gate like ``clean.per_class.cat`` can only be checked once the class names are known."""
+    values = {"{class}": set(card.class_names), "{group}": set(card.hierarchy.values())}
+    catalog = metric_catalog(spec.suites)
+    for gate in spec.gates:
+        for pattern in catalog.get(gate.suite, []):
+            if not path_matches(pattern, gate.path):
+                continue
+            for pat_seg, seg in zip(pattern.split("."), gate.path.split(".")):
+                allowed = values.get(pat_seg)
+                if allowed is not None and seg not in allowed:
+                    raise SpecError(f"gate '{gate}': {seg!r} is not a known {pat_seg.strip('{}')} of this "
+                                    f"model; known: {sorted(allowed)[:20]}", gate=gate.metric)
+
+
+def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: SampleSet,
+              shards: int = 1) -> dict[str, Any]:
+    """Run one suite over ``shards`` shards, merge, finalize; the report's entry for it."""
+    suite = get_suite(name)
+    ctx.suite = name
+    t0 = time.perf_counter()
+    parts = samples.shards(shards) if len(samples) else [samples]
+    partials: list[Partial] = []
+    outer = ctx.on_progress
+
+    for i, shard in enumerate(parts):
+        def scaled(s: str, f: float, i: int = i) -> None:
+            if outer is not None:
+                outer(s, (i + f) / len(parts))
+
+        ctx.on_progress = scaled
+        partials.append(suite.run(ctx, shard, params))
+    ctx.on_progress = outer
+    merged = reduce(suite.merge, partials)
+    result = suite.finalize(ctx, merged, params)
+    ctx.progress(1.0)
+    return {"status": result.status.value, "params": params, "metrics": result.metrics,
+            "artifacts": result.artifacts, "warnings": result.warnings,
+            "seconds": round(time.perf_counter() - t0, 3), **result.extra}
+
+
+def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn | None = None,
+              should_stop: Callable[[], bool] | None = None, roots: DataRoots | None = None,
+              shards: int = 1, inputs: AuditInputs | None = None) -> dict[str, Any]:
+    """Run ``spec`` and write ``out_dir/report.json`` (and ``out_dir/artifacts/``); return the report.
+
+    Raises an :class:`~worker.engine.errors.AuditInputError` for bad input and
+    :class:`~worker.engine.errors.AuditCancelled` when ``should_stop`` turns true. No report
+    file is written unless every suite completed.
+    """
+    out = Path(out_dir)
+    started = utc_now()
+    inputs = inputs or resolve_inputs(spec, roots)
+    torch.manual_seed(spec.seed)
+    ctx = SuiteContext(classifier=inputs.classifier, artifacts=ArtifactStore(out / "artifacts"),
+                       seed=spec.seed, on_progress=on_progress, should_stop=should_stop)
+    suites: dict[str, dict[str, Any]] = {}
+    for name, params in spec.suites.items():
+        suites[name] = run_suite(name, params, ctx, inputs.samples, shards=shards)
+    gates = evaluate_gates(spec.gates, {n: s["metrics"] for n, s in suites.items()})
+    report = build_report(spec=spec.to_dict(), started=started, finished=utc_now(),
+                          classifier=inputs.classifier, samples=inputs.samples, suites=suites, gates=gates)
+    write_json_atomic(out / "report.json", report)
+    return report
