@@ -124,6 +124,8 @@ class Suite(ABC):
     params: ClassVar[ParamSchema]
     #: suites whose shared results this one reads; the runner runs them first.
     requires: ClassVar[tuple[str, ...]] = ("clean",)
+    #: parameters small enough for `make demo` on two CPU cores (a few seconds to a minute).
+    demo_params: ClassVar[dict[str, Any]] = {}
 
     def validate_params(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validated parameters with defaults; raise SpecError. Override to add cross-field checks."""
