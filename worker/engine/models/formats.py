@@ -104,26 +104,25 @@ def load_export(path: Path, card: ModelCard, device: torch.device) -> Loaded:
     return Loaded(module, max_batch=_upper_bound(program, batch))
 
 
-def load_safetensors_weights(path: Path, card: ModelCard, device: torch.device) -> Loaded:
-    """Weights for a torchvision architecture named in the card, read by our own reader."""
-    model = build_arch(card)
-    try:
-        weights = load_safetensors(path)
-    except ModelLoadError as exc:
-        raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
-    load_weights(model, normalise_state_dict(weights, path), card, path)
-    return Loaded(model)
+def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Path, ModelCard, torch.device], Loaded]:
+    """A loader for weights of the torchvision architecture named in the card."""
+
+    def load(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+        model = build_arch(card)
+        try:
+            raw = read(path)
+        except ModelLoadError as exc:
+            raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
+        load_weights(model, normalise_state_dict(raw, path), card, path)
+        return Loaded(model)
+
+    load.__doc__ = f"{what} for a torchvision architecture named in the card."
+    return load
 
 
-def load_state_dict_weights(path: Path, card: ModelCard, device: torch.device) -> Loaded:
-    """A ``torch.save(model.state_dict())`` file for a torchvision architecture."""
-    model = build_arch(card)
-    try:
-        raw = read_torch_state_dict(path)
-    except ModelLoadError as exc:
-        raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
-    load_weights(model, normalise_state_dict(raw, path), card, path)
-    return Loaded(model)
+# safetensors is read by our own reader (no pickle); a state_dict with weights_only=True.
+load_safetensors_weights = _arch_weights_loader(load_safetensors, "safetensors weights")
+load_state_dict_weights = _arch_weights_loader(read_torch_state_dict, "A torch.save(model.state_dict()) file")
 
 
 LOADERS: dict[ModelFormat, Callable[[Path, ModelCard, torch.device], Loaded]] = {
