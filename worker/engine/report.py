@@ -44,20 +44,23 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def dataset_section(samples: SampleSet) -> dict[str, Any]:
-    counts = torch.bincount(samples.labels, minlength=samples.num_classes).tolist() if len(samples) else []
+def dataset_section(samples: SampleSet, warnings: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = (torch.bincount(samples.labels, minlength=samples.num_classes).tolist() if len(samples)
+              else [0] * samples.num_classes)
     return {"reference": samples.reference, "n_samples": len(samples),
-            "classes": [{"name": n, "n": c} for n, c in zip(samples.class_names, counts)]}
+            "classes": [{"name": n, "n": c} for n, c in zip(samples.class_names, counts)],
+            "warnings": warnings}
 
 
 def build_report(*, spec: dict[str, Any], started: str, finished: str, classifier: Classifier,
-                 samples: SampleSet, suites: dict[str, dict[str, Any]], gates: list[dict[str, Any]]) -> dict[str, Any]:
+                 samples: SampleSet, suites: dict[str, dict[str, Any]], gates: list[dict[str, Any]],
+                 warnings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     verdict = "pass" if all(g["passed"] for g in gates) else "fail"
     return {
         "schema_version": SCHEMA_VERSION,
         "audit": {"spec": spec, "started": started, "finished": finished},
         "model": classifier.describe(),
-        "dataset": dataset_section(samples),
+        "dataset": dataset_section(samples, warnings or []),
         "environment": environment(classifier.device),
         "suites": suites,
         "gates": gates,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from .report import build_report, utc_now, write_json_atomic
 from .samples import SampleSet
 from .spec import AuditSpec, metric_catalog
 from .suites import SuiteContext, get_suite
-from .suites.base import ArtifactStore, Partial, ProgressFn
+from .suites.base import ArtifactStore, Partial, ProgressFn, Warning_
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,10 +41,34 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class AuditInputs:
-    """The resolved model and samples of a spec."""
+    """The resolved model and samples of a spec, and what was noticed on the way."""
 
     classifier: Classifier
     samples: SampleSet
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def align_labels(samples: SampleSet, card: ModelCard) -> list[dict[str, Any]]:
+    """Map dataset labels to the model's class indices by class name.
+
+    An image folder sorts its class names alphabetically; the model may order them
+    otherwise. When every dataset class name is one of the model's, labels are re-indexed
+    by name; when the names differ, labels are taken as indices and a warning says so.
+    """
+    model_names = list(card.class_names)
+    data_names = list(samples.class_names)
+    if data_names == model_names[:len(data_names)]:
+        return []
+    if set(data_names) <= set(model_names):
+        index = torch.tensor([model_names.index(n) for n in data_names], dtype=torch.long)
+        samples.labels = index[samples.labels]
+        samples.class_names = model_names
+        return []
+    samples.class_names = model_names
+    return [Warning_("class_names_differ",
+                     "the dataset's class names differ from the model card's; labels are taken as class "
+                     "indices in the model's order",
+                     {"dataset": data_names[:20], "model": model_names[:20]}).to_dict()]
 
 
 def resolve_inputs(spec: AuditSpec, roots: DataRoots | None = None) -> AuditInputs:
@@ -54,7 +78,7 @@ def resolve_inputs(spec: AuditSpec, roots: DataRoots | None = None) -> AuditInpu
     classifier = load_classifier(spec.model, card, device=device)
     samples = load_samples(spec.dataset, roots=roots or DataRoots.from_env(), num_classes=classifier.num_classes)
     check_placeholder_gates(spec, classifier.card)
-    return AuditInputs(classifier, samples)
+    return AuditInputs(classifier, samples, align_labels(samples, classifier.card))
 
 
 def check_placeholder_gates(spec: AuditSpec, card: ModelCard) -> None:
@@ -118,6 +142,7 @@ def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn |
         suites[name] = run_suite(name, params, ctx, inputs.samples, shards=shards)
     gates = evaluate_gates(spec.gates, {n: s["metrics"] for n, s in suites.items()})
     report = build_report(spec=spec.to_dict(), started=started, finished=utc_now(),
-                          classifier=inputs.classifier, samples=inputs.samples, suites=suites, gates=gates)
+                          classifier=inputs.classifier, samples=inputs.samples, suites=suites, gates=gates,
+                          warnings=inputs.warnings)
     write_json_atomic(out / "report.json", report)
     return report
