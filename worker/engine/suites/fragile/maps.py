@@ -11,13 +11,16 @@ import torch.nn.functional as F
 
 from .params import FriType
 
-_ONES = torch.ones(1, 1, 3, 3)
-
-
 def _box3(x: torch.Tensor, *, padding: int) -> torch.Tensor:
-    """3x3 window sums of a 2-D map (exact: small integers in float32)."""
-    kernel = _ONES.to(device=x.device)
-    return F.conv2d(x[None, None], kernel, padding=padding)[0, 0]
+    """3x3 window sums of a 2-D integer map: nine shifted views added (a loop over offsets, not cells)."""
+    if padding:
+        x = F.pad(x, (padding,) * 4)
+    h, w = x.shape
+    total = torch.zeros(h - 2, w - 2, dtype=torch.int32, device=x.device)
+    for a in range(3):
+        for b in range(3):
+            total += x[a:h - 2 + a, b:w - 2 + b]
+    return total
 
 
 def _signed(cell: torch.Tensor, fragile: torch.Tensor) -> torch.Tensor:
@@ -28,7 +31,7 @@ def _signed(cell: torch.Tensor, fragile: torch.Tensor) -> torch.Tensor:
 
 def shift_maps(correct_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loose, strict) shift FRI maps of a 0/1 map C_l; only neighbours inside the map count."""
-    c = correct_l.to(torch.float32)
+    c = correct_l.to(torch.int32)
     neighbours = _box3(torch.ones_like(c), padding=1) - 1  # zero padding: missing cells add nothing
     correct_neighbours = _box3(c, padding=1) - c
     cell = correct_l.bool()
@@ -43,7 +46,7 @@ def shrink_maps(correct_l: torch.Tensor, correct_l2: torch.Tensor) -> tuple[torc
     h, w = correct_l.shape
     if tuple(correct_l2.shape) != (h + 2, w + 2):
         raise ValueError(f"C_(l-2) must be {(h + 2, w + 2)} for a {(h, w)} C_l, got {tuple(correct_l2.shape)}")
-    inner = _box3(correct_l2.to(torch.float32), padding=0)
+    inner = _box3(correct_l2.to(torch.int32), padding=0)
     cell = correct_l.bool()
     differing = torch.where(cell, 9 - inner, inner)
     loose = differing > 0

@@ -262,7 +262,7 @@ class FragileSuite(Suite):
         n_images = len({sid for entry in partial["by_r"].values() for sid in entry["images"]})
         metrics["crops"] = metric(all_crops, Unit.COUNT, n_images, "crops classified over every r")
         metrics["crops_per_second"] = _rate(all_crops, all_seconds, n_images, {})
-        return SuiteResult(metrics=metrics, artifacts=list(partial["artifacts"]), warnings=warnings)
+        return SuiteResult(metrics=metrics, artifacts=sorted(partial["artifacts"]), warnings=warnings)
 
 
 def _rate(crops: int, seconds: float, n: int, extra: dict[str, Any]) -> dict[str, Any]:
