@@ -96,9 +96,6 @@ def test_maps_identical_to_naive_loop(tmp_path, name):
             assert got["correct_l"].dtype == np.int8 and got["confidence_l"].dtype == np.float32
             np.testing.assert_allclose(got["confidence_l"], np.array(ref["confidence_l"]), rtol=0, atol=1e-5)
             mixed += 0 < np.mean(ref["correct_l"]) < 1
-            rec_cells = len(ref["correct_l"]) * len(ref["correct_l"][0])
-            frac = np.count_nonzero(np.array(ref["loose_shift"]) == 1) / rec_cells
-            assert frac <= 1.0
     assert mixed >= 4, "the test images should give maps with both correct and incorrect regions"
     assert entry["status"] == "completed"
 
@@ -109,7 +106,7 @@ def test_metrics_are_the_per_image_fractions(tmp_path):
     params = get_suite("fragile").validate_params({"region_fractions": [0.6], "pngs": False})
     entry = run_suite("fragile", params, context(tmp_path, clf), samples)
     fracs, acc = [], []
-    for sid, img, label in zip(samples.ids, samples.images, samples.labels.tolist()):
+    for img, label in zip(samples.images, samples.labels.tolist()):
         ref = naive_image(clf, img, label, 0.6)
         cells = np.array(ref["loose_shrink"])
         fracs.append(np.count_nonzero(cells == -1) / cells.size)

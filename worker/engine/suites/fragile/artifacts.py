@@ -41,19 +41,17 @@ def draw_maps(path: Path, maps: dict[FriType, torch.Tensor], confidence: torch.T
     for ax, (kind, fri) in zip(axes, maps.items()):
         ax.imshow(fri.numpy(), cmap=cmap, vmin=-1.5, vmax=1.5, interpolation="nearest")
         ax.set_title(FRI_TITLES[kind], fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_axis_off()
     ax = axes[-1]
     im = ax.imshow(confidence.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title("true-class confidence", fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_axis_off()
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.legend(handles=[Patch(color=colours[2], label="+1: correct, a move/shrink makes it wrong"),
                         Patch(color=colours[0], label="-1: wrong, a move/shrink makes it right"),
                         Patch(color=colours[1], label="0: not fragile")],
                loc="lower center", ncols=3, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}; cell (i, j) = the region with top-left corner (i, j)", fontsize=10)
     fig.savefig(path)
 
 
@@ -77,14 +75,13 @@ def draw_pairs(path: Path, pairs: list[PairView], *, title: str) -> None:
     """One PNG: a row per pair, the correctly classified crop left and the flipped one right."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.0, 2.5 * len(pairs) + 0.4), dpi=80)
+    fig = Figure(figsize=(6.0, 3.0 * len(pairs) + 0.4), dpi=80)
     axes = fig.subplots(len(pairs), 2, squeeze=False)
     for row, pair in zip(axes, pairs):
         for ax, img, caption in ((row[0], pair.correct_image, pair.correct_caption),
                                  (row[1], pair.flipped_image, pair.flipped_caption)):
             ax.imshow(_as_picture(img).numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(caption, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
     fig.savefig(path)

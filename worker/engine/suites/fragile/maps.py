@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .params import FriType
 
+
 def _box3(x: torch.Tensor, *, padding: int) -> torch.Tensor:
     """3x3 window sums of a 2-D integer map: nine shifted views added (a loop over offsets, not cells)."""
     if padding:

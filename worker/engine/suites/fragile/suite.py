@@ -25,7 +25,7 @@ from ..base import Partial, Suite, SuiteContext, SuiteResult, Warning_
 from .artifacts import PairView, draw_maps, draw_pairs, write_npz
 from .crops import CropResizer
 from .maps import fri_maps, sign_counts
-from .pairs import choose_pairs
+from .pairs import Pair, choose_pairs
 from .params import PARAMS, FriType, Interpolation, Precision, r_key, region_side
 from .scan import CropClassifier, ScanResult, Segment, autocast_dtype, channels_last_model
 from .stats import bootstrap_indices, summary
@@ -68,7 +68,7 @@ class FragileSuite(Suite):
     description = ("Fragile recognition images: fraction of image regions whose classification flips when "
                    "the region is moved by one pixel or shrunk by two (loose/strict shift/shrink FRIs).")
     params = PARAMS
-    demo_params = {"region_fractions": [0.4, 0.8], "example_pairs": 2}
+    demo_params = {"region_fractions": [0.7, 0.9], "example_pairs": 2}
 
     # -- validation ---------------------------------------------------------------------------
     def validate_params(self, raw: Any) -> dict[str, Any]:
@@ -154,14 +154,13 @@ class FragileSuite(Suite):
                         maps_l2 = result.segment(offsets[2 * w_i + 1], seg_l2)
                         entry["images"][sid] = self._image(ctx, params, r, sid, job, images[job.index],
                                                            labels[job.index], maps_l, maps_l2, resizer,
-                                                           scanner, partial["artifacts"])
+                                                           partial["artifacts"])
                 partial["by_r"][r_key(r)] = entry
         return partial
 
     def _image(self, ctx: SuiteContext, params: dict[str, Any], r: float, sid: str, job: _Job,
                image: torch.Tensor, label: int, maps_l: tuple[torch.Tensor, ...],
-               maps_l2: tuple[torch.Tensor, ...], resizer: CropResizer, scanner: CropClassifier,
-               artifacts: list[str]) -> dict[str, Any]:
+               maps_l2: tuple[torch.Tensor, ...], resizer: CropResizer, artifacts: list[str]) -> dict[str, Any]:
         """Counts of one image at one r; writes its NPZ (and PNGs)."""
         correct_l, confidence_l, pred_l = maps_l
         correct_l2, _, pred_l2 = maps_l2
@@ -182,32 +181,30 @@ class FragileSuite(Suite):
             pairs = choose_pairs(correct_l, correct_l2, fri[FriType.LOOSE_SHIFT], fri[FriType.LOOSE_SHRINK],
                                  job.side, params["example_pairs"])
             if pairs:
-                views = self._pair_views(ctx, image, pairs, pred_l, pred_l2, confidence_l, resizer, scanner, label)
+                views = self._pair_views(ctx, image, pairs, maps_l, maps_l2, resizer)
                 path = ctx.artifacts.path(self.name, f"{stem}_pairs.png")
                 draw_pairs(path, views, title=title)
                 artifacts.append(ctx.artifacts.relative(path))
         counts = {t.value: list(sign_counts(m)) for t, m in fri.items() if t in wanted}
         return {"side": job.side, "cells": int(correct_l.numel()), "correct": int(correct_l.sum()), "fri": counts}
 
-    def _pair_views(self, ctx: SuiteContext, image: torch.Tensor, pairs: list[Any], pred_l: torch.Tensor,
-                    pred_l2: torch.Tensor, confidence_l: torch.Tensor, resizer: CropResizer,
-                    scanner: CropClassifier, label: int) -> list[PairView]:
+    def _pair_views(self, ctx: SuiteContext, image: torch.Tensor, pairs: list[Pair],
+                    maps_l: tuple[torch.Tensor, ...], maps_l2: tuple[torch.Tensor, ...],
+                    resizer: CropResizer) -> list[PairView]:
+        """The two crops of each pair as the model saw them, captioned with both predictions."""
         views = []
         width = image.shape[-1]
         for pair in pairs:
-            crops = []
-            for top, left, side in (pair.correct, pair.flipped):
+            crops, captions = [], []
+            for role, (top, left, side) in (("correct", pair.correct), ("flipped", pair.flipped)):
                 q = top * (width - side + 1) + left
                 crops.append(resizer.crops(image, side, q, q + 1)[0])
-            (ti, tj, side), (fi, fj, fside) = pair.correct, pair.flipped
-            flipped_pred = int((pred_l if fside == side else pred_l2)[fi, fj])
-            verb = "moved 1 px" if pair.kind == "shift" else "shrunk by 2"
-            views.append(PairView(
-                kind=pair.kind, correct_image=crops[0],
-                correct_caption=f"({ti},{tj}) side {side}: pred {self._class_name(ctx, int(pred_l[ti, tj]))} "
-                                f"(p_true={float(confidence_l[ti, tj]):.2f})",
-                flipped_image=crops[1],
-                flipped_caption=f"{verb} ({fi},{fj}) side {fside}: pred {self._class_name(ctx, flipped_pred)}"))
+                _, confidence, pred = maps_l if side == pair.correct[2] else maps_l2
+                how = "" if role == "correct" else ("moved 1 px, " if pair.kind == "shift" else "shrunk by 2, ")
+                captions.append(f"{role}: pred {self._class_name(ctx, int(pred[top, left]))}\n{how}at ({top},{left}), "
+                                f"side {side}, p_true {float(confidence[top, left]):.2f}")
+            views.append(PairView(kind=pair.kind, correct_image=crops[0], correct_caption=captions[0],
+                                  flipped_image=crops[1], flipped_caption=captions[1]))
         return views
 
     @staticmethod
