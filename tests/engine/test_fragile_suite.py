@@ -223,3 +223,24 @@ def test_cli_refuses_too_many_crops_before_running(tmp_path, data_root, capsys):
     assert code == 2
     assert "need 8,840 crops" in capsys.readouterr().err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_channels_last_and_autocast_paths_run_on_the_cpu():
+    from worker.engine.batching import BatchSize
+    from worker.engine.suites.fragile.crops import CropResizer
+    from worker.engine.suites.fragile.scan import CropClassifier, Segment, channels_last_model
+
+    clf = models()["tinyconv_grey"]
+    img = torch.rand(1, 12, 12, generator=torch.Generator().manual_seed(4))
+    segs = [Segment.of(0, 7, 12, 12), Segment.of(0, 5, 12, 12)]
+    plain, _ = CropClassifier(clf, CropResizer((8, 8)), top_k=1, batch=BatchSize(10)).scan([img], [1], segs)
+    with channels_last_model(clf, True) as applied:
+        assert applied and clf.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        cl, _ = CropClassifier(clf, CropResizer((8, 8)), top_k=1, channels_last=True,
+                               batch=BatchSize(64)).scan([img], [1], segs)
+    assert clf.model.conv.weight.is_contiguous()
+    assert torch.equal(plain.pred, cl.pred) and torch.equal(plain.correct, cl.correct)
+    torch.testing.assert_close(plain.confidence, cl.confidence, rtol=0, atol=1e-6)
+    low, _ = CropClassifier(clf, CropResizer((8, 8)), top_k=1, autocast=torch.bfloat16).scan([img], [1], segs)
+    assert low.confidence.dtype == torch.float32 and low.correct.shape == plain.correct.shape
+    assert (low.pred == plain.pred).float().mean() > 0.9
