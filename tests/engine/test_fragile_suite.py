@@ -244,3 +244,21 @@ def test_channels_last_and_autocast_paths_run_on_the_cpu():
     low, _ = CropClassifier(clf, CropResizer((8, 8)), top_k=1, autocast=torch.bfloat16).scan([img], [1], segs)
     assert low.confidence.dtype == torch.float32 and low.correct.shape == plain.correct.shape
     assert (low.pred == plain.pred).float().mean() > 0.9
+
+
+def test_small_waves_and_batches_give_the_same_result(tmp_path, monkeypatch):
+    import worker.engine.suites.fragile.suite as fragile_suite
+
+    clf = tiny_classifier(seed=3)
+    samples = random_samples(5, size=13, seed=4)
+    params = get_suite("fragile").validate_params({"region_fractions": [0.4], "pngs": False})
+    whole = run_suite("fragile", params, context(tmp_path / "a", clf), samples)
+    monkeypatch.setattr(fragile_suite, "WAVE_CROPS", 50)  # one image per wave
+    small = run_suite("fragile", {**params, "batch_size": 7}, context(tmp_path / "b", clf), samples)
+    assert untimed(whole["metrics"]) == untimed(small["metrics"])
+    for name in ("rand_0_r40.npz", "rand_4_r40.npz"):
+        a = np.load(tmp_path / "a" / "artifacts" / "fragile" / name)
+        b = np.load(tmp_path / "b" / "artifacts" / "fragile" / name)
+        for key in MAP_KEYS:
+            np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_allclose(a["confidence_l"], b["confidence_l"], rtol=0, atol=1e-6)

@@ -110,53 +110,55 @@ class FragileSuite(Suite):
         self.check_inputs(params, samples, ctx.classifier)
         clf = ctx.classifier
         device = clf.device
-        channels, out_h, out_w = clf.input_size
-        images = [match_channels(img, channels).to(device, torch.float32) for img in samples.images]
-        labels = [int(y) for y in samples.labels.tolist()]
+        _, out_h, out_w = clf.input_size
         resizer = CropResizer((out_h, out_w), mode=Interpolation(params["interpolation"]),
                               antialias=params["antialias"], device=device)
-        use_cl = params["channels_last"] and device.type == "cuda"
         batch = BatchSize(params["batch_size"]) if params["batch_size"] else None
         k = effective_top_k(params, clf.num_classes)
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        grand_total = max(1, total_crops(params["region_fractions"], sizes))
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in samples.images]
         partial: Partial = {"k": k, "artifacts": [], "by_r": {}}
-        done = 0
-        with channels_last_model(clf, use_cl) as cl_applied:
-            scanner = CropClassifier(clf, resizer, top_k=k, autocast=autocast_dtype(Precision(params["precision"]),
-                                                                                      device),
-                                     channels_last=cl_applied, batch=batch)
+        progress = _Progress(ctx, total_crops(params["region_fractions"], sizes))
+        with channels_last_model(clf, params["channels_last"] and device.type == "cuda") as cl_applied:
+            scanner = CropClassifier(clf, resizer, top_k=k, channels_last=cl_applied, batch=batch,
+                                     autocast=autocast_dtype(Precision(params["precision"]), device))
             for r in params["region_fractions"]:
-                entry: dict[str, Any] = {"images": {}, "crops": 0, "seconds": 0.0, "skipped": []}
-                jobs = []
-                for i, (h, w) in enumerate(sizes):
-                    side = region_side(r, h, w)
-                    if side < 3:
-                        entry["skipped"].append(samples.ids[i])
-                    else:
-                        jobs.append(_Job(i, side))
-                for wave in _waves(jobs, sizes):
-                    segments = [seg for job in wave for seg in (Segment.of(job.index, job.side, *sizes[job.index]),
-                                                                Segment.of(job.index, job.side - 2,
-                                                                           *sizes[job.index]))]
-                    t0 = time.perf_counter()
-                    result, offsets = scanner.scan(images, labels, segments,
-                                                   on_batch=_progress(ctx, done, grand_total))
-                    result = ScanResult(result.correct.cpu(), result.confidence.cpu(), result.pred.cpu())
-                    entry["seconds"] += time.perf_counter() - t0
-                    count = sum(s.count for s in segments)
-                    entry["crops"] += count
-                    done += count
-                    for w_i, job in enumerate(wave):
-                        sid = samples.ids[job.index]
-                        seg_l, seg_l2 = segments[2 * w_i], segments[2 * w_i + 1]
-                        maps_l = result.segment(offsets[2 * w_i], seg_l)
-                        maps_l2 = result.segment(offsets[2 * w_i + 1], seg_l2)
-                        entry["images"][sid] = self._image(ctx, params, r, sid, job, images[job.index],
-                                                           labels[job.index], maps_l, maps_l2, resizer,
-                                                           partial["artifacts"])
-                partial["by_r"][r_key(r)] = entry
+                partial["by_r"][r_key(r)] = self._run_r(ctx, params, samples, sizes, r, scanner, progress,
+                                                        partial["artifacts"])
         return partial
+
+    def _run_r(self, ctx: SuiteContext, params: dict[str, Any], samples: SampleSet,
+               sizes: list[tuple[int, int]], r: float, scanner: CropClassifier, progress: _Progress,
+               artifacts: list[str]) -> dict[str, Any]:
+        """Counts of every image of the shard at one r, wave by wave; only a wave's images are on the device."""
+        entry: dict[str, Any] = {"images": {}, "crops": 0, "seconds": 0.0, "skipped": []}
+        jobs = []
+        for i, (h, w) in enumerate(sizes):
+            side = region_side(r, h, w)
+            if side < 3:
+                entry["skipped"].append(samples.ids[i])
+            else:
+                jobs.append(_Job(i, side))
+        channels = ctx.classifier.input_size[0]
+        device = ctx.classifier.device
+        for wave in _waves(jobs, sizes):
+            t0 = time.perf_counter()
+            images = [match_channels(samples.images[job.index], channels).to(device, torch.float32) for job in wave]
+            labels = [int(samples.labels[job.index]) for job in wave]
+            segments = [seg for n, job in enumerate(wave) for seg in (Segment.of(n, job.side, *sizes[job.index]),
+                                                                      Segment.of(n, job.side - 2, *sizes[job.index]))]
+            result, offsets = scanner.scan(images, labels, segments, on_batch=progress.callback())
+            result = ScanResult(result.correct.cpu(), result.confidence.cpu(), result.pred.cpu())
+            entry["seconds"] += time.perf_counter() - t0
+            count = sum(s.count for s in segments)
+            entry["crops"] += count
+            progress.done += count
+            for n, job in enumerate(wave):
+                sid = samples.ids[job.index]
+                maps_l = result.segment(offsets[2 * n], segments[2 * n])
+                maps_l2 = result.segment(offsets[2 * n + 1], segments[2 * n + 1])
+                entry["images"][sid] = self._image(ctx, params, r, sid, job, images[n], labels[n], maps_l, maps_l2,
+                                                   scanner.resizer, artifacts)
+        return entry
 
     def _image(self, ctx: SuiteContext, params: dict[str, Any], r: float, sid: str, job: _Job,
                image: torch.Tensor, label: int, maps_l: tuple[torch.Tensor, ...],
@@ -269,9 +271,16 @@ def _rate(crops: int, seconds: float, n: int, extra: dict[str, Any]) -> dict[str
                   "excludes drawing artifacts)", timing=True, seconds=round(seconds, 6), **extra)
 
 
-def _progress(ctx: SuiteContext, done: int, total: int) -> Callable[[int], None]:
-    """Progress callback of one wave: ``n`` crops of it done after ``done`` before it."""
-    return lambda n: ctx.progress((done + n) / total)
+class _Progress:
+    """Crops done in this shard, reported to the context (which raises if the audit was cancelled)."""
+
+    def __init__(self, ctx: SuiteContext, total: int) -> None:
+        self.ctx, self.total, self.done = ctx, max(1, total), 0
+
+    def callback(self) -> Callable[[int], None]:
+        """For one wave: ``n`` of its crops are done."""
+        done = self.done
+        return lambda n: self.ctx.progress((done + n) / self.total)
 
 
 def _waves(jobs: list[_Job], sizes: Sequence[tuple[int, int]]) -> list[list[_Job]]:
