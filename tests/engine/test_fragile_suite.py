@@ -262,3 +262,18 @@ def test_small_waves_and_batches_give_the_same_result(tmp_path, monkeypatch):
         for key in MAP_KEYS:
             np.testing.assert_array_equal(a[key], b[key])
         np.testing.assert_allclose(a["confidence_l"], b["confidence_l"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("r, key", [(0.2, "r20"), (0.07, "r7"), (0.125, "r12_5"), (0.8, "r80"), (0.99, "r99")])
+def test_metric_keys_in_percent(r, key):
+    from worker.engine.suites.fragile.params import r_key
+
+    assert r_key(r) == key
+
+
+@pytest.mark.parametrize("r, h, w, side", [(0.2, 375, 500, 75), (0.58, 50, 60, 29), (0.6, 32, 32, 19),
+                                           (0.99, 32, 40, 31), (0.1, 20, 20, 3), (0.05, 20, 20, 1)])
+def test_region_side(r, h, w, side):
+    from worker.engine.suites.fragile.params import region_side
+
+    assert region_side(r, h, w) == side

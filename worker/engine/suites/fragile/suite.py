@@ -55,7 +55,7 @@ def effective_top_k(params: dict[str, Any], num_classes: int) -> int:
 
 @dataclass(frozen=True)
 class _Job:
-    """One image at one r: its segments' indices in the wave and its side."""
+    """One image at one r: the image's position in the shard and its region side l."""
 
     index: int
     side: int
