@@ -78,7 +78,10 @@ def resolve_inputs(spec: AuditSpec, roots: DataRoots | None = None) -> AuditInpu
     classifier = load_classifier(spec.model, card, device=device)
     samples = load_samples(spec.dataset, roots=roots or DataRoots.from_env(), num_classes=classifier.num_classes)
     check_placeholder_gates(spec, classifier.card)
-    return AuditInputs(classifier, samples, align_labels(samples, classifier.card))
+    warnings = align_labels(samples, classifier.card)
+    for name, params in spec.suites.items():
+        get_suite(name).check_inputs(params, samples, classifier)
+    return AuditInputs(classifier, samples, warnings)
 
 
 def check_placeholder_gates(spec: AuditSpec, card: ModelCard) -> None:
@@ -100,6 +103,7 @@ def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: Sam
               shards: int = 1) -> dict[str, Any]:
     """Run one suite over ``shards`` shards, merge, finalize; the report's entry for it."""
     suite = get_suite(name)
+    suite.check_inputs(params, samples, ctx.classifier)
     ctx.suite = name
     t0 = time.perf_counter()
     parts = samples.shards(shards) if len(samples) else [samples]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
+from .fragile import FragileSuite
 
 SUITES: dict[str, type[Suite]] = {
     CleanSuite.name: CleanSuite,
+    FragileSuite.name: FragileSuite,
 }
 
 

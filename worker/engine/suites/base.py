@@ -131,6 +131,14 @@ class Suite(ABC):
         """Validated parameters with defaults; raise SpecError. Override to add cross-field checks."""
         return self.params.validate(raw, prefix=f"{self.name}.")
 
+    def check_inputs(self, params: dict[str, Any], samples: SampleSet, classifier: Classifier) -> None:
+        """Checks that need the loaded model and samples (e.g. a work budget); raise SpecError.
+
+        Called once the inputs are resolved, before any suite runs, and again by
+        :func:`~worker.engine.runner.run_suite` before the first shard.
+        """
+        return None
+
     @abstractmethod
     def metric_paths(self, params: dict[str, Any]) -> list[str]:
         """Every gate-able metric path (relative to the suite) these params produce."""
