@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from .config import Config
 from .store import Store
 
@@ -22,5 +24,12 @@ def openapi_yaml() -> str:
     config = Config(home=Path("var"), database_url="sqlite:///:memory:", broker_url="memory://")
     app = create_app(config, dispatcher=_NoDispatch(), store=Store("sqlite:///:memory:"))
     with app.app_context():
-        text: str = app.extensions["robustaudit.api"].spec.to_yaml()
-    return text
+        doc = app.extensions["robustaudit.api"].spec.to_dict()
+    return str(yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, allow_unicode=True))
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Write repeated objects out in full: the document is read by people and diffed in review."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True

@@ -74,27 +74,29 @@ def reap(store: Store, dispatcher: Dispatcher, config: Config, now: datetime | N
         stale = list(s.scalars(select(Audit).where(Audit.status == AuditStatus.RUNNING.value,
                                                    Audit.heartbeat_at < cutoff)))
     for audit in stale:
-        lost = audit.attempts >= config.max_attempts or audit.cancel_requested
-        values = ({"status": AuditStatus.FAILED.value, "finished_at": now,
-                   "error": {"code": "worker_lost", "message": f"the worker died {audit.attempts} time(s); "
-                                                               "giving up"}}
-                  if lost else {"status": AuditStatus.QUEUED.value, "worker": None})
-        if audit.cancel_requested:
-            values = {"status": AuditStatus.CANCELLED.value, "finished_at": now,
-                      "error": {"code": "cancelled", "message": "the audit was cancelled"}}
+        outcome, values = _reaped(audit, config, now)
         with store.session() as s:
             done = s.execute(update(Audit).where(Audit.id == audit.id, Audit.status == AuditStatus.RUNNING.value,
                                                  Audit.heartbeat_at == audit.heartbeat_at).values(**values))
         if done.rowcount != 1:  # type: ignore[attr-defined]
             continue
-        if lost:
-            out["failed"].append(audit.id)
-        else:
+        out.setdefault(outcome, []).append(audit.id)
+        if outcome == "requeued":
             dispatcher.send(audit.id)
-            out["requeued"].append(audit.id)
-        log.warning("audit %s: worker lost (heartbeat %s); %s", audit.id, audit.heartbeat_at,
-                    "failed" if lost else "requeued")
+        log.warning("audit %s: worker lost (heartbeat %s); %s", audit.id, audit.heartbeat_at, outcome)
     return out
+
+
+def _reaped(audit: Audit, config: Config, now: datetime) -> tuple[str, dict[str, object]]:
+    """What becomes of a dead worker's audit: cancelled if that was asked, failed after
+    ``max_attempts``, else queued again."""
+    if audit.cancel_requested:
+        return "cancelled", {"status": AuditStatus.CANCELLED.value, "finished_at": now,
+                             "error": {"code": "cancelled", "message": "the audit was cancelled"}}
+    if audit.attempts >= config.max_attempts:
+        return "failed", {"status": AuditStatus.FAILED.value, "finished_at": now, "error": {
+            "code": "worker_lost", "message": f"the worker died during {audit.attempts} attempt(s); giving up"}}
+    return "requeued", {"status": AuditStatus.QUEUED.value, "worker": None}
 
 
 def run_beat(config: Config, store: Store, dispatcher: Dispatcher, *, once: bool = False) -> None:

@@ -147,7 +147,7 @@ def dispatch_or_fail(audit_id: str) -> None:
 
 
 def _created(audit: Audit) -> Any:
-    return {"id": audit.id, "status": AuditStatus(audit.status)}, 202, {
+    return {"id": audit.id, "status": audit.status}, 202, {
         "Location": url_for("audits.AuditById", audit_id=audit.id)}
 
 
@@ -184,7 +184,7 @@ class AuditReport(MethodView):
             audit = get_audit(s, audit_id)
             if audit.report is None:
                 raise ApiError(409, f"audit {audit_id} is {audit.status}; it has no report",
-                               code="report_not_ready", status=audit.status)
+                               code="report_not_ready", audit_status=audit.status)
             return audit.report
 
 

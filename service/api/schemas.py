@@ -75,14 +75,18 @@ class ModelUploadSchema(Schema):
                                 "description": "the model card (JSON), as a file or a form field; required"})
 
 
+def _status() -> fields.String:
+    return fields.String(metadata={"enum": [s.value for s in AuditStatus]})
+
+
 class AuditCreatedSchema(Schema):
     id = fields.String()
-    status = fields.Enum(AuditStatus, by_value=True)
+    status = _status()
 
 
 class AuditSummarySchema(Schema):
     id = fields.String()
-    status = fields.Enum(AuditStatus, by_value=True)
+    status = _status()
     model_id = fields.String()
     schedule_id = fields.String(allow_none=True)
     label = fields.String(allow_none=True)
@@ -157,7 +161,7 @@ class SchedulePageSchema(Schema):
 
 class RunSchema(Schema):
     audit_id = fields.String()
-    status = fields.Enum(AuditStatus, by_value=True)
+    status = _status()
     verdict = fields.String(allow_none=True)
     created_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
