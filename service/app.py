@@ -12,8 +12,8 @@ from . import __version__
 from .api import audits_api, models_api, ops, schedules_api
 from .api.context import Services
 from .api.errors import RobustauditApi, register_error_handlers
-from .api.schemas import audit_request_schema
-from .config import Config
+from .api.schemas import audit_request_schema, schedule_request_schema
+from .config import Config, load_plugins
 from .dispatch import CeleryDispatcher, Dispatcher
 from .storage import Storage
 from .store import Store
@@ -32,6 +32,7 @@ def create_app(config: Config | None = None, *, dispatcher: Dispatcher | None = 
             ``robustaudit migrate``/``api``/``serve``, not here).
     """
     config = config or Config.from_env()
+    load_plugins(config)
     app = Flask("robustaudit")
     app.config.update(
         API_TITLE=API_TITLE, API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None, *, dispatcher: Dispatcher | None = 
     api = RobustauditApi(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     api.spec.components.schema("AuditRequest", schema=audit_request_schema())
+    api.spec.components.schema("ScheduleRequest", schema=schedule_request_schema())
     for blp in (models_api.blp, audits_api.blp, schedules_api.blp):
         api.register_blueprint(blp)
     app.extensions["robustaudit.api"] = api

@@ -74,6 +74,8 @@ class Config:
         visibility_timeout_s: Redis redelivers an unacknowledged message after this long.
         beat_interval_s: how often ``robustaudit beat`` ticks (schedules and the reaper).
         device: device for audits ("auto", "cpu", "cuda", "cuda:N").
+        plugins: modules imported by the API and the workers at start, e.g. to register more
+            suites in ``worker.engine.suites.SUITES`` (``ROBUSTAUDIT_PLUGINS``, comma-separated).
     """
 
     home: Path = Path("var")
@@ -91,6 +93,7 @@ class Config:
     visibility_timeout_s: float = 3 * 3600.0
     beat_interval_s: float = 60.0
     device: str = "auto"
+    plugins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -114,6 +117,7 @@ class Config:
             visibility_timeout_s=_number(env, "VISIBILITY_TIMEOUT_S", 3 * 3600.0),
             beat_interval_s=_number(env, "BEAT_INTERVAL_S", 60.0),
             device=env.get(PREFIX + "DEVICE") or "auto",
+            plugins=tuple(p.strip() for p in env.get(PREFIX + "PLUGINS", "").split(",") if p.strip()),
         )
         return replace(cfg, **overrides)
 
@@ -137,5 +141,17 @@ class Config:
             "HEARTBEAT_S": repr(self.heartbeat_s), "HEARTBEAT_TIMEOUT_S": repr(self.heartbeat_timeout_s),
             "MAX_ATTEMPTS": str(self.max_attempts), "VISIBILITY_TIMEOUT_S": repr(self.visibility_timeout_s),
             "BEAT_INTERVAL_S": repr(self.beat_interval_s), "DEVICE": self.device,
+            "PLUGINS": ",".join(self.plugins),
         }
         return {PREFIX + k: v for k, v in env.items()}
+
+
+def load_plugins(config: Config) -> None:
+    """Import the configured plugin modules (idempotent: Python imports a module once)."""
+    import importlib
+
+    for name in config.plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{PREFIX}PLUGINS: cannot import {name!r}: {exc}") from None

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from service.config import Config
+from service.config import Config, load_plugins
 from service.dispatch import QUEUE
 
 #: the attribute of the Celery app that carries the service configuration to the tasks
@@ -20,7 +20,10 @@ CONFIG_ATTR = "robustaudit_config"
 
 def celery_config(config: Config) -> dict[str, Any]:
     """Celery settings derived from the service configuration."""
-    transport: dict[str, Any] = {"visibility_timeout": int(config.visibility_timeout_s)}
+    vt = int(config.visibility_timeout_s)
+    transport: dict[str, Any] = {"visibility_timeout": vt}
+    if vt < 600:  # sweep for unacknowledged messages often enough for a short timeout
+        transport.update(unacked_restore_interval=max(1, vt // 4), unacked_restore_throttle=1)
     if config.broker_prefix:
         transport["global_keyprefix"] = config.broker_prefix
     return {
@@ -43,6 +46,7 @@ def celery_config(config: Config) -> dict[str, Any]:
 def create_celery(config: Config | None = None) -> Celery:
     """A Celery app for ``config`` (default: from the environment)."""
     config = config or Config.from_env()
+    load_plugins(config)
     settings = celery_config(config)
     app = Celery("robustaudit", set_as_current=False, include=settings.pop("include"))
     app.conf.update(settings)

@@ -92,8 +92,16 @@ class AuditRecorder:
         return self._cancelled
 
 
+class AuditHeld(Exception):
+    """Another worker runs this audit and its heartbeat is fresh."""
+
+
 def claim(store: Store, audit_id: str, config: Config, worker: str) -> bool:
-    """Atomically move the audit to ``running`` if it is queued, or running with a dead worker."""
+    """Atomically move the audit to ``running`` if it is queued, or running with a dead worker.
+
+    Raises:
+        AuditHeld: it is running with a fresh heartbeat (the caller may look again later).
+    """
     stale = utcnow() - timedelta(seconds=config.heartbeat_timeout_s)
     with store.session() as s:
         result = s.execute(update(Audit).where(
@@ -102,7 +110,12 @@ def claim(store: Store, audit_id: str, config: Config, worker: str) -> bool:
                 (Audit.status == AuditStatus.RUNNING.value) & (Audit.heartbeat_at < stale)))
             .values(status=AuditStatus.RUNNING.value, started_at=utcnow(), heartbeat_at=utcnow(),
                     worker=worker, attempts=Audit.attempts + 1, error=None))
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            return True
+        audit = s.get(Audit, audit_id)
+        if audit is not None and audit.status == AuditStatus.RUNNING.value and not audit.cancel_requested:
+            raise AuditHeld(audit_id)
+        return False
 
 
 def finish(store: Store, audit_id: str, status: AuditStatus, **values: Any) -> None:
@@ -155,4 +168,9 @@ def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditSt
 def run_audit_task(self: Task, audit_id: str) -> None:
     """Celery entry point: the configuration travels on the app, the audit id in the message."""
     config: Config = getattr(self.app, CONFIG_ATTR, None) or Config.from_env()
-    execute_audit(config, audit_id, worker=str(self.request.hostname or ""))
+    try:
+        execute_audit(config, audit_id, worker=str(self.request.hostname or ""))
+    except AuditHeld:
+        # a redelivered message while the holder's heartbeat is still fresh: look again once it
+        # would be stale; if the holder is alive by then, it finishes the audit itself
+        raise self.retry(countdown=config.heartbeat_timeout_s + 1, max_retries=3) from None

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from ..audits import build_request, runs_with_deltas
 from ..scheduler import next_run, valid_cron
 from ..store.models import Audit, Schedule, utcnow
+from .audits_api import load_body
 from .auth import authenticate, tenant
 from .context import services
 from .errors import ApiError
@@ -32,10 +33,11 @@ def get_schedule(session: Any, schedule_id: str) -> Schedule:
 
 @blp.route("")
 class Schedules(MethodView):
-    @blp.arguments(schedule_request_schema())
+    @blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": "ScheduleRequest"}}})
     @blp.response(201, ScheduleSchema)
-    def post(self, body: dict[str, Any]) -> Any:
+    def post(self) -> Any:
         """Create a schedule; each run is an ordinary audit linked to it."""
+        body = load_body(schedule_request_schema())
         cron = body.pop("cron")
         if not valid_cron(cron):
             raise ApiError(422, f"'cron' {cron!r} is not a valid cron expression (e.g. '0 2 * * *')",

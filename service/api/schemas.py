@@ -6,6 +6,8 @@ from functools import cache
 
 from marshmallow import Schema, fields, validate
 
+from worker.engine.suites import SUITES
+
 from ..store.models import AuditStatus
 from .suite_schemas import suites_schema
 
@@ -24,11 +26,21 @@ DATASET_DOC = ("a reference string (builtin:digits, imagefolder:<path>, torchvis
                "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes}")
 
 
-@cache
-def audit_body_schema() -> type[Schema]:
-    """The audit body; built once per process because the suite schemas come from the registry."""
+def audit_request_schema() -> type[Schema]:
+    """The audit request; rebuilt whenever the suite registry changes (a plugin added a suite)."""
+    return _request_schemas(tuple(sorted(SUITES)))[0]
 
-    class AuditBody(Schema):
+
+def schedule_request_schema() -> type[Schema]:
+    return _request_schemas(tuple(sorted(SUITES)))[1]
+
+
+@cache
+def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[Schema]]:
+    class AuditRequest(Schema):
+        model = fields.String(required=True, metadata={
+            "description": "id of a registered model (or, in a multipart request, the parts "
+                           "'checkpoint' and 'card' and this body as the JSON part 'spec')"})
         dataset = fields.Raw(required=True, metadata={"description": DATASET_DOC})
         suites = fields.Nested(suites_schema(), load_default=dict,
                                metadata={"description": "suite name -> parameters (null: defaults); "
@@ -37,25 +49,10 @@ def audit_body_schema() -> type[Schema]:
         seed = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
         label = fields.String(allow_none=True, validate=validate.Length(max=200), load_default=None)
 
-    return AuditBody
-
-
-@cache
-def audit_request_schema() -> type[Schema]:
-    class AuditRequest(audit_body_schema()):  # type: ignore[misc,valid-type]
-        model = fields.String(required=True, metadata={
-            "description": "id of a registered model (or, in a multipart request, the parts "
-                           "'checkpoint' and 'card' and this body as the JSON part 'spec')"})
-
-    return AuditRequest
-
-
-@cache
-def schedule_request_schema() -> type[Schema]:
-    class ScheduleRequest(audit_request_schema()):  # type: ignore[misc,valid-type]
+    class ScheduleRequest(AuditRequest):
         cron = fields.String(required=True, metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
 
-    return ScheduleRequest
+    return AuditRequest, ScheduleRequest
 
 
 class ModelSchema(Schema):

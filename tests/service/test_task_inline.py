@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from service.scheduler import reap
 from service.store import Audit
 from service.store.models import utcnow
 from tests.service.conftest import assert_error_body, audit_body, auth, post_audit
-from worker.tasks import execute_audit
+from worker.tasks import AuditHeld, execute_audit
 
 
 def test_execute_writes_report_progress_and_artifacts(client, config, model_id, report_validator):
@@ -72,7 +74,8 @@ def test_reaper_requeues_then_fails(client, config, store, dispatcher, model_id)
 def test_stale_running_audit_is_taken_over(client, config, store, model_id):
     audit_id = post_audit(client, audit_body(model_id)).json["id"]
     _set_running(store, audit_id, utcnow())
-    assert execute_audit(config, audit_id) is None  # held by a live worker
+    with pytest.raises(AuditHeld):  # held by a live worker
+        execute_audit(config, audit_id)
     _set_running(store, audit_id, utcnow() - timedelta(seconds=config.heartbeat_timeout_s + 1))
     assert execute_audit(config, audit_id).value == "succeeded"
     assert client.get(f"/v1/audits/{audit_id}", headers=auth()).json["attempts"] == 2
