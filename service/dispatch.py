@@ -30,3 +30,4 @@ class CeleryDispatcher:
         """Raise when the broker cannot be reached within ``timeout`` seconds."""
         with self.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
+            _ = conn.default_channel  # opens the transport for real (the SQLAlchemy one connects lazily)

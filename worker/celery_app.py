@@ -20,12 +20,14 @@ CONFIG_ATTR = "robustaudit_config"
 
 def celery_config(config: Config) -> dict[str, Any]:
     """Celery settings derived from the service configuration."""
-    vt = int(config.visibility_timeout_s)
-    transport: dict[str, Any] = {"visibility_timeout": vt}
-    if vt < 600:  # sweep for unacknowledged messages often enough for a short timeout
-        transport.update(unacked_restore_interval=max(1, vt // 4), unacked_restore_throttle=1)
-    if config.broker_prefix:
-        transport["global_keyprefix"] = config.broker_prefix
+    transport: dict[str, Any] = {}
+    if config.broker_url.startswith(("redis://", "rediss://")):  # the SQLAlchemy transport takes none of these
+        vt = int(config.visibility_timeout_s)
+        transport["visibility_timeout"] = vt
+        if vt < 600:  # sweep for unacknowledged messages often enough for a short timeout
+            transport.update(unacked_restore_interval=max(1, vt // 4), unacked_restore_throttle=1)
+        if config.broker_prefix:
+            transport["global_keyprefix"] = config.broker_prefix
     return {
         "broker_url": config.broker_url,
         "broker_connection_retry_on_startup": True,
