@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 CHUNK = 1 << 20
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
@@ -41,7 +41,7 @@ class Storage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def save_upload(self, stream: BinaryIO, filename: str, *, max_bytes: int) -> StoredFile:
+    def save_upload(self, stream: IO[bytes], filename: str, *, max_bytes: int) -> StoredFile:
         """Stream ``stream`` into ``models/<sha256><suffix>``; an existing identical file is reused."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)

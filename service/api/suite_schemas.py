@@ -47,8 +47,10 @@ _FIELD_BUILDERS: dict[ParamKind, Callable[[Param, str], fields.Field]] = {
 def _field(p: Param, owner: str) -> fields.Field:
     f = _FIELD_BUILDERS[p.kind](p, f"{owner}{_camel(p.name)}")
     f.allow_none = p.nullable
-    default = p.default
-    f.metadata.update({"description": p.help, **({"default": default} if default is not None or p.nullable else {})})
+    doc: dict[str, Any] = {"description": p.help}
+    if p.default is not None or p.nullable:
+        doc["default"] = p.default
+    f.metadata = {**f.metadata, **doc}
     return f
 
 
