@@ -62,7 +62,7 @@ def e2e_config(tmp_path_factory, pg_url, redis_prefix) -> Config:
                   storage_dir=home / "storage", data_roots=(home / "storage" / "data",),
                   token_hashes={hash_token(t): tenant for tenant, t in TOKENS.items()},
                   heartbeat_s=0.5, heartbeat_timeout_s=4.0, visibility_timeout_s=6.0, max_attempts=3,
-                  device="cpu", plugins=("tests.e2e.slow_plugin",))
+                  device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,8 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **self.config.as_env(), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **self.config.as_env(), "PYTHONPATH": str(ROOT),
+               "ROBUSTAUDIT_PLUGINS": "tests.e2e.slow_plugin"}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "worker", "--loglevel", "info",

@@ -10,7 +10,7 @@ import pytest
 from service.scheduler import reap, tick
 from service.store.models import utcnow
 from tests.e2e.conftest import wait_until
-from tests.e2e.slow_plugin import SlowSuite
+from tests.e2e.slow_suite import SlowSuite
 from tests.service.conftest import assert_error_body, audit_body, auth, post_audit, upload_demo
 from worker.engine.suites import SUITES
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.openapi import REGENERATE, openapi_yaml
@@ -22,3 +23,16 @@ def test_every_registered_suite_is_in_the_document():
     assert set(suites) == set(SUITES)
     clean = doc["components"]["schemas"]["CleanParams"]["properties"]
     assert set(clean) == {p.name for p in SUITES["clean"].params.params}
+
+
+@pytest.mark.filterwarnings("ignore:Multiple schemas resolved:UserWarning")  # two registries in one process
+def test_plugins_add_suites_to_the_api(monkeypatch):
+    """A suite a plugin registers is validated by the API and documented, with no other change."""
+    from service.api.schemas import audit_request_schema
+    from tests.e2e.slow_suite import SlowSuite
+
+    monkeypatch.setitem(SUITES, "slow", SlowSuite)
+    doc = yaml.safe_load(openapi_yaml())
+    assert "slow" in doc["components"]["schemas"]["Suites"]["properties"]
+    loaded = audit_request_schema()().load({"model": "m", "dataset": "builtin:digits", "suites": {"slow": {}}})
+    assert loaded["suites"] == {"slow": {}}
