@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.engine.card import ModelCard
+from worker.engine.datasets import DataRoots
 from worker.engine.runner import check_placeholder_gates
 from worker.engine.spec import AuditSpec
 
@@ -21,15 +22,19 @@ from .store.models import Audit, AuditStatus, Model, utcnow
 REQUEST_KEYS = ("dataset", "suites", "gates", "seed", "label")
 
 
-def build_request(body: Mapping[str, Any], model: Model) -> dict[str, Any]:
-    """The validated, normalised request; raises the engine's SpecError (a 422) when it is wrong.
+def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots) -> dict[str, Any]:
+    """The validated, normalised request; raises the engine's input errors (a 422) when it is wrong.
 
-    Everything the engine can check without running is checked here: suite names and
-    parameters, dataset reference, gate metric paths and class names in gates.
+    Everything that can be checked without running is checked here: suite names and
+    parameters, dataset reference, that its path lies under the data roots and exists, gate
+    metric paths and class names in gates.
     """
     raw = {k: body[k] for k in REQUEST_KEYS if k in body}
     spec = AuditSpec.from_dict({**raw, "model": model.path, "card": model.card})
     check_placeholder_gates(spec, ModelCard.from_dict(model.card))
+    for path in (spec.dataset.path, spec.dataset.root):
+        if path is not None:
+            roots.resolve(path)
     full = spec.to_dict()
     return {k: full[k] for k in REQUEST_KEYS}
 

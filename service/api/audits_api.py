@@ -12,6 +12,8 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from worker.engine.datasets import DataRoots
+
 from ..audits import build_request, cancel_audit, create_audit, find_idempotent, request_hash
 from ..store.models import Audit, AuditStatus, utcnow
 from .auth import authenticate, tenant
@@ -116,7 +118,7 @@ class Audits(MethodView):
                 if found is not None:
                     return _created_or_conflict(found, digest)
             model = get_model(s, body["model"])
-            req = build_request(body, model)
+            req = build_request(body, model, DataRoots(services().config.data_roots))
             try:
                 with s.begin_nested():
                     audit = create_audit(s, tenant=tenant(), model=model, request=req, idempotency_key=key,

@@ -8,6 +8,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
+from worker.engine.datasets import DataRoots
+
 from ..audits import build_request, runs_with_deltas
 from ..scheduler import next_run, valid_cron
 from ..store.models import Audit, Schedule, utcnow
@@ -44,7 +46,7 @@ class Schedules(MethodView):
                            code="validation_error", errors={"cron": ["invalid cron expression"]})
         with services().store.session() as s:
             model = get_model(s, body["model"])
-            req = build_request(body, model)
+            req = build_request(body, model, DataRoots(services().config.data_roots))
             now = utcnow()
             sched = Schedule(tenant=tenant(), model_id=model.id, cron=cron, request=req, label=req.get("label"),
                              created_at=now, next_run_at=next_run(cron, now), enabled=True)

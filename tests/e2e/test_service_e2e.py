@@ -54,9 +54,12 @@ def test_submit_poll_report(client, worker, model_id, report_validator):
     assert audit["id"] in [a["id"] for a in listed["items"]]
 
 
-def test_failing_gate_and_failed_audit(client, worker, model_id):
+def test_failing_gate_and_failed_audit(client, worker, model_id, e2e_config):
     fail = post_audit(client, audit_body(model_id, gates=["clean.top1 > 1.5"])).json["id"]
-    bad = post_audit(client, audit_body(model_id, dataset={"kind": "npz", "path": "none.npz"})).json["id"]
+    root = e2e_config.data_roots[0]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corrupt.npz").write_bytes(b"not an npz archive")
+    bad = post_audit(client, audit_body(model_id, dataset={"kind": "npz", "path": "corrupt.npz"})).json["id"]
     assert finished(client, fail)["verdict"] == "fail"
     failed = finished(client, bad)
     assert failed["status"] == "failed" and failed["error"]["code"] == "dataset_error"

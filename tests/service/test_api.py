@@ -72,6 +72,10 @@ def test_bad_requests_get_4xx_with_error_body(client, model_id, dispatcher):
     assert_error_body(post_audit(client, audit_body(model_id, gates=["clean.per_class.cat >= 1"])), 422,
                       "invalid_spec")
     assert_error_body(post_audit(client, audit_body(model_id, dataset="nope:x")), 422, "invalid_spec")
+    missing = {"kind": "npz", "path": "missing.npz"}
+    assert_error_body(post_audit(client, audit_body(model_id, dataset=missing)), 422, "dataset_error")
+    outside = {"kind": "npz", "path": "/etc/passwd"}
+    assert_error_body(post_audit(client, audit_body(model_id, dataset=outside)), 422, "path_not_allowed")
     assert_error_body(post_audit(client, audit_body("0" * 32)), 404, "not_found")
     assert_error_body(post_audit(client, {"dataset": "builtin:digits"}), 422, "validation_error")
     assert_error_body(post_audit(client, audit_body(model_id, extra=1)), 422, "validation_error")

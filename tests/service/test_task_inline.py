@@ -36,13 +36,16 @@ def test_execute_writes_report_progress_and_artifacts(client, config, model_id, 
     assert 'robustaudit_suite_duration_seconds_count{suite="clean"} 1.0' in metrics
 
 
-def test_bad_dataset_path_fails_with_reason(client, config, model_id):
-    body = audit_body(model_id, dataset={"kind": "npz", "path": "missing.npz", "n_samples": 5})
+def test_corrupt_dataset_fails_with_reason(client, config, model_id):
+    root = config.data_roots[0]
+    root.mkdir(parents=True)
+    (root / "corrupt.npz").write_bytes(b"not an npz archive")
+    body = audit_body(model_id, dataset={"kind": "npz", "path": "corrupt.npz", "n_samples": 5})
     audit_id = post_audit(client, body).json["id"]
     assert execute_audit(config, audit_id).value == "failed"
     got = client.get(f"/v1/audits/{audit_id}", headers=auth()).json
     assert got["status"] == "failed" and got["error"]["code"] == "dataset_error"
-    assert "missing.npz" in got["error"]["message"] and got["report"] is None
+    assert "corrupt.npz" in got["error"]["message"] and got["report"] is None
 
 
 def test_cancelled_before_start_is_not_run(client, config, model_id):
@@ -79,3 +82,27 @@ def test_stale_running_audit_is_taken_over(client, config, store, model_id):
     _set_running(store, audit_id, utcnow() - timedelta(seconds=config.heartbeat_timeout_s + 1))
     assert execute_audit(config, audit_id).value == "succeeded"
     assert client.get(f"/v1/audits/{audit_id}", headers=auth()).json["attempts"] == 2
+
+
+def test_soft_time_limit_and_internal_error_are_recorded(client, config, model_id, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    import worker.engine.runner as runner
+
+    def raise_(exc):
+        def run(*args, **kwargs):
+            raise exc
+        return run
+
+    monkeypatch.setattr(runner, "run_audit", raise_(SoftTimeLimitExceeded()))
+    slow = post_audit(client, audit_body(model_id)).json["id"]
+    assert execute_audit(config, slow).value == "failed"
+    assert client.get(f"/v1/audits/{slow}", headers=auth()).json["error"]["code"] == "time_limit"
+
+    monkeypatch.setattr(runner, "run_audit", raise_(ZeroDivisionError("boom")))
+    broken = post_audit(client, audit_body(model_id)).json["id"]
+    with pytest.raises(ZeroDivisionError):
+        execute_audit(config, broken)
+    got = client.get(f"/v1/audits/{broken}", headers=auth()).json
+    assert got["status"] == "failed"
+    assert got["error"] == {"code": "internal_error", "message": "ZeroDivisionError: boom"}
