@@ -27,8 +27,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    """Migrate the store, then exec gunicorn on the app factory."""
+    """Migrate the store, then exec gunicorn on the app factory (or Flask's server with --dev)."""
     cmd_migrate(args)
+    if args.dev:
+        from .app import create_app
+
+        host, _, port = args.bind.rpartition(":")
+        create_app().run(host=host or "127.0.0.1", port=int(port), debug=False)
+        return 0
     argv = [sys.executable, "-m", "gunicorn", "--bind", args.bind, "--workers", str(args.workers),
             "--timeout", "300", "--access-logfile", "-", "service.app:create_app()"]
     os.execv(sys.executable, argv)
@@ -75,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = {**os.environ, **config.as_env()}
     exe = [sys.executable, "-m", "service.cli"]
     commands = {
-        "api": [*exe, "api", "--bind", args.bind, "--workers", str(args.api_workers)],
+        "api": [*exe, "api", "--bind", args.bind, "--workers", str(args.api_workers), *(["--dev"] if args.dev else [])],
         "worker": [*exe, "worker", "--loglevel", "info"],
         "beat": [*exe, "beat"],
     }
@@ -133,10 +139,12 @@ def add_process_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p = sub.add_parser("serve", help="run api + worker + beat (embedded default: SQLite, ./var, no Redis)")
     p.add_argument("--bind", default="127.0.0.1:8000")
     p.add_argument("--api-workers", type=int, default=2)
+    p.add_argument("--dev", action="store_true", help="Flask's own server instead of gunicorn")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("api", help="migrate the store, then run the API under gunicorn")
     p.add_argument("--bind", default="0.0.0.0:8000")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dev", action="store_true", help="Flask's own server instead of gunicorn")
     p.set_defaults(func=cmd_api)
     p = sub.add_parser("worker", help="a Celery worker on the gpu queue")
     p.add_argument("--concurrency", type=int, default=1)

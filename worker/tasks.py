@@ -55,6 +55,7 @@ class AuditRecorder:
         self._checked = 0.0
         self._cancelled = False
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def __enter__(self) -> AuditRecorder:
@@ -73,13 +74,16 @@ class AuditRecorder:
                 log.exception("heartbeat of audit %s failed", self.audit_id)
 
     def flush(self) -> None:
+        with self._lock:  # the heartbeat thread and the engine's progress callback both flush
+            progress = dict(self.progress)
         with self.store.session() as s:
             s.execute(update(Audit).where(Audit.id == self.audit_id, Audit.status == AuditStatus.RUNNING.value)
-                      .values(heartbeat_at=utcnow(), progress=dict(self.progress)))
+                      .values(heartbeat_at=utcnow(), progress=progress))
         self._written = time.monotonic()
 
     def on_progress(self, suite: str, fraction: float) -> None:
-        self.progress[suite] = round(fraction, 4)
+        with self._lock:
+            self.progress[suite] = round(fraction, 4)
         if time.monotonic() - self._written > 0.5 or fraction >= 1.0:
             self.flush()
 

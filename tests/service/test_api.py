@@ -157,3 +157,24 @@ def test_ops_endpoints(client, model_id):
 def test_openapi_served(client):
     doc = client.get("/v1/openapi.json").json
     assert "/v1/audits" in doc["paths"] and "bearerAuth" in doc["components"]["securitySchemes"]
+
+
+def test_readyz_is_503_when_the_broker_is_down(config, store):
+    from service.app import create_app
+
+    class DownBroker:
+        def send(self, audit_id):
+            raise ConnectionError("broker down")
+
+        def ping(self):
+            raise ConnectionError("broker down")
+
+    app = create_app(config, dispatcher=DownBroker(), store=store)
+    client = app.test_client()
+    body = assert_error_body(client.get("/readyz"), 503, "not_ready")
+    assert body["details"]["checks"] == {"store": "ok", "broker": "unreachable: ConnectionError"}
+    model_id = upload_demo(client).json["id"]
+    resp = post_audit(client, audit_body(model_id))
+    assert_error_body(resp, 503, "unavailable")
+    audit_id = resp.get_json()["details"]["audit_id"]
+    assert client.get(f"/v1/audits/{audit_id}", headers=auth()).json["status"] == "failed"
