@@ -25,7 +25,7 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("embedded")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROBUSTAUDIT_")}
     env.update(ROBUSTAUDIT_HOME=str(home), ROBUSTAUDIT_API_TOKENS="ci:secret-ci", PYTHONPATH=str(ROOT),
-               ROBUSTAUDIT_DEVICE="cpu")
+               ROBUSTAUDIT_DEVICE="cpu", ROBUSTAUDIT_MAX_UPLOAD_MB="1")
     port = free_port()
     log = open(home / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}",
@@ -69,3 +69,17 @@ def test_auth_required_and_ops(server):
         Client(url).json("GET", "/v1/audits")
     assert Client(url).json("GET", "/healthz") == {"status": "ok"}
     assert "/v1/audits" in Client(url).json("GET", "/v1/openapi.json")["paths"]
+
+
+def test_oversized_and_bogus_uploads_over_http(server, tmp_path):
+    url, _ = server
+    big = tmp_path / "big.pt"
+    big.write_bytes(b"\0" * (2 * 1024 * 1024))
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    card = DEMO / "digits_cnn.card.json"
+    client = Client(url, "secret-ci")
+    with pytest.raises(ClientError, match="HTTP 413 .*payload_too_large"):
+        client.upload_model(big, card)
+    with pytest.raises(ClientError, match="HTTP 422 .*model_load_error"):
+        client.upload_model(bogus, card)
