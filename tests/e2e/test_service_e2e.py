@@ -121,3 +121,14 @@ def test_reaper_requeues_dead_workers_audit(client, worker, model_id, slow_suite
     worker.start()
     audit = finished(client, audit_id, timeout=90)
     assert audit["status"] == "succeeded" and audit["attempts"] == 2
+
+
+def test_postgres_schema_matches_models(e2e_store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from service.store.models import Base
+
+    with e2e_store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
