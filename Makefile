@@ -5,9 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= var/demo
-DEMO_MODEL := worker/engine/assets/demo/digits_cnn.pt
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean openapi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The embedded service (SQLite store and broker, ./var, no Redis): start it, audit the demo model
+# with every registered suite at its demo_params, print the verdict, stop it.
 demo: install
-	$(VENV)/bin/robustaudit audit --model $(DEMO_MODEL) --dataset builtin:digits --n-samples 200 \
-	  --suite clean --gate 'clean.top1>=0.9' --out $(DEMO_OUT)
+	$(PY) -m service.demo --home var/demo-service --out $(DEMO_OUT)
+
+# The OpenAPI document is generated from the app (and the suite registry): run after adding a suite.
+openapi: install
+	$(PY) -m service.cli openapi
 
 test: install
 	$(PY) -m pytest -q -ra

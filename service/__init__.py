@@ -1,1 +1,5 @@
-"""robustaudit service side: the console script now; the HTTP API later."""
+"""robustaudit service side: the HTTP API, the job store, storage, the beat and the console script."""
+
+from worker.engine import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,26 @@
+# One CUDA-capable image for every role; the role is the command:
+#   api (gunicorn), worker (Celery, queue gpu), beat (schedules + reaper), migrate, serve.
+# The base image brings CUDA torch/torchvision; pyproject's wide ranges keep them.
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    ROBUSTAUDIT_HOME=/data \
+    ROBUSTAUDIT_STORAGE_DIR=/data/storage
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY worker ./worker
+COPY api_spec ./api_spec
+RUN pip install . \
+ && useradd --create-home --uid 10001 robustaudit \
+ && mkdir -p /data/storage \
+ && chown -R robustaudit /data
+USER robustaudit
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["robustaudit"]
+CMD ["api", "--bind", "0.0.0.0:8000", "--workers", "4"]

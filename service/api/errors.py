@@ -1,0 +1,77 @@
+"""One JSON error body for every 4xx and 5xx: ``{status, code, message, details}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from worker.engine.errors import AuditInputError
+
+from .schemas import ErrorSchema
+
+log = logging.getLogger(__name__)
+
+#: HTTP status -> the default machine-readable code.
+CODES: dict[int, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
+    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with its status, code and message, raised anywhere in a request."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.code = code or CODES.get(status, "error")
+        self.details = details
+
+
+def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
+    body: dict[str, Any] = {"status": status, "code": code, "message": message}
+    if details:
+        body["details"] = details
+    resp = jsonify(body)
+    resp.status_code = status
+    return resp
+
+
+class RobustauditApi(Api):
+    """flask-smorest's Api with our error body for every HTTPException (webargs' 422s included)."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        status = error.code or 500
+        data = getattr(error, "data", None) or {}
+        details: dict[str, Any] = {}
+        errors = data.get("errors") or data.get("messages")
+        if errors:
+            details["errors"] = errors
+        if status >= 500:
+            log.error("internal error", exc_info=getattr(error, "original_exception", None))
+            message = "internal error; the incident was logged"
+        else:
+            message = data.get("message") or error.description or error.name
+            if status == 422 and errors:
+                message = "the request does not validate: see details.errors"
+        resp = error_response(status, CODES.get(status, "error"), message, details)
+        for key, value in (data.get("headers") or {}).items():
+            resp.headers[key] = value
+        return resp
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(AuditInputError)
+    def _input_error(exc: AuditInputError) -> Response:
+        return error_response(422, exc.code, exc.message, exc.details)

@@ -1,0 +1,82 @@
+"""``/v1/models``: upload a checkpoint with its card; list and read registered models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+from werkzeug.datastructures import FileStorage
+
+from ..storage import UploadTooLarge
+from ..store.models import Model
+from ..uploads import register_model
+from .auth import authenticate, tenant
+from .context import services
+from .errors import ApiError
+from .pages import paginate
+from .schemas import ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
+
+blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Registered models (checkpoint + card)")
+blp.before_request(authenticate)
+
+
+def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
+    """Register the multipart parts 'checkpoint' and 'card' (a file, or a form field holding JSON)."""
+    svc = services()
+    checkpoint = files.get("checkpoint")
+    card: FileStorage | str | None = files.get("card") or request.form.get("card")
+    if not isinstance(checkpoint, FileStorage):
+        raise ApiError(422, "multipart part 'checkpoint' (the checkpoint file) is missing", code="validation_error")
+    if card is None:
+        raise ApiError(422, "multipart part 'card' (the model card JSON) is missing", code="validation_error")
+    card_raw = card.read() if isinstance(card, FileStorage) else card
+    try:
+        with svc.store.session() as s:
+            return register_model(s, svc.storage, tenant=tenant(), stream=checkpoint.stream,
+                                  filename=checkpoint.filename or "", card_raw=card_raw,
+                                  max_bytes=svc.config.max_upload_bytes)
+    except UploadTooLarge:
+        raise ApiError(413, f"the checkpoint exceeds ROBUSTAUDIT_MAX_UPLOAD_MB={svc.config.max_upload_mb:g}") from None
+
+
+@blp.route("")
+class Models(MethodView):
+    @blp.arguments(ModelUploadSchema, location="files")
+    @blp.response(201, ModelSchema, description="registered (200 when the same checkpoint and card exist)")
+    @blp.alt_response(200, schema=ModelSchema, description="already registered: the existing model")
+    def post(self, files: dict[str, Any]) -> Any:
+        """Upload a checkpoint and its model card (multipart).
+
+        The checkpoint is streamed to storage, its sha256 computed, and it is loaded with its
+        card to check that it is a model we accept; identical uploads return the same model.
+        """
+        model, created = upload_model(files)
+        return model, 201 if created else 200
+
+    @blp.arguments(PageQuerySchema, location="query")
+    @blp.response(200, ModelPageSchema)
+    def get(self, query: dict[str, Any]) -> Any:
+        """List the tenant's models, newest first."""
+        q = select(Model).where(Model.tenant == tenant()).order_by(Model.created_at.desc(), Model.id)
+        with services().store.session() as s:
+            return paginate(s, q, **query)
+
+
+@blp.route("/<model_id>")
+class ModelById(MethodView):
+    @blp.response(200, ModelSchema)
+    def get(self, model_id: str) -> Any:
+        """One model."""
+        with services().store.session() as s:
+            return get_model(s, model_id)
+
+
+def get_model(session: Any, model_id: str) -> Model:
+    """The tenant's model, or 404 (another tenant's model does not exist for this one)."""
+    model = session.get(Model, model_id)
+    if model is None or model.tenant != tenant():
+        raise ApiError(404, f"no model {model_id!r}")
+    return model

@@ -1,0 +1,91 @@
+"""``/v1/schedules``: recurring audits of a registered model, and their runs with metric deltas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from worker.engine.datasets import DataRoots
+
+from ..audits import build_request, runs_with_deltas
+from ..scheduler import next_run, valid_cron
+from ..store.models import Audit, Schedule, utcnow
+from .audits_api import load_body
+from .auth import authenticate, tenant
+from .context import services
+from .errors import ApiError
+from .models_api import get_model
+from .pages import paginate
+from .schemas import PageQuerySchema, RunListSchema, SchedulePageSchema, ScheduleSchema, schedule_request_schema
+
+blp = Blueprint("schedules", __name__, url_prefix="/v1/schedules",
+                description="Recurring audits (cron, UTC) of registered models")
+blp.before_request(authenticate)
+
+
+def get_schedule(session: Any, schedule_id: str) -> Schedule:
+    sched = session.get(Schedule, schedule_id)
+    if sched is None or sched.tenant != tenant():
+        raise ApiError(404, f"no schedule {schedule_id!r}")
+    return sched
+
+
+@blp.route("")
+class Schedules(MethodView):
+    @blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": "ScheduleRequest"}}})
+    @blp.response(201, ScheduleSchema)
+    def post(self) -> Any:
+        """Create a schedule; each run is an ordinary audit linked to it."""
+        body = load_body(schedule_request_schema())
+        cron = body.pop("cron")
+        if not valid_cron(cron):
+            raise ApiError(422, f"'cron' {cron!r} is not a valid cron expression (e.g. '0 2 * * *')",
+                           code="validation_error", errors={"cron": ["invalid cron expression"]})
+        with services().store.session() as s:
+            model = get_model(s, body["model"])
+            req = build_request(body, model, DataRoots(services().config.data_roots))
+            now = utcnow()
+            sched = Schedule(tenant=tenant(), model_id=model.id, cron=cron, request=req, label=req.get("label"),
+                             created_at=now, next_run_at=next_run(cron, now), enabled=True)
+            s.add(sched)
+            s.flush()
+            return sched
+
+    @blp.arguments(PageQuerySchema, location="query")
+    @blp.response(200, SchedulePageSchema)
+    def get(self, query: dict[str, Any]) -> Any:
+        """List the tenant's schedules."""
+        q = select(Schedule).where(Schedule.tenant == tenant()).order_by(Schedule.created_at.desc(), Schedule.id)
+        with services().store.session() as s:
+            return paginate(s, q, **query)
+
+
+@blp.route("/<schedule_id>")
+class ScheduleById(MethodView):
+    @blp.response(200, ScheduleSchema)
+    def get(self, schedule_id: str) -> Any:
+        """One schedule."""
+        with services().store.session() as s:
+            return get_schedule(s, schedule_id)
+
+    @blp.response(204)
+    def delete(self, schedule_id: str) -> None:
+        """Stop a schedule (its past runs stay)."""
+        with services().store.session() as s:
+            get_schedule(s, schedule_id).enabled = False
+
+
+@blp.route("/<schedule_id>/runs")
+class ScheduleRuns(MethodView):
+    @blp.response(200, RunListSchema)
+    def get(self, schedule_id: str) -> Any:
+        """The schedule's audits, oldest first, with verdicts and each headline metric's change
+        since the previous succeeded run."""
+        with services().store.session() as s:
+            get_schedule(s, schedule_id)
+            audits = list(s.scalars(select(Audit).where(Audit.schedule_id == schedule_id)
+                                    .order_by(Audit.created_at, Audit.id)))
+        return {"items": runs_with_deltas(audits)}

@@ -1,0 +1,173 @@
+"""Request and response schemas of the API (the OpenAPI document is generated from them)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from marshmallow import Schema, fields, validate
+
+from worker.engine.suites import SUITES
+
+from ..store.models import AuditStatus
+from .suite_schemas import suites_schema
+
+
+class ErrorSchema(Schema):
+    """The one error body of every 4xx and 5xx."""
+
+    status = fields.Integer(required=True, metadata={"description": "HTTP status"})
+    code = fields.String(required=True, metadata={"description": "machine-readable error code"})
+    message = fields.String(required=True, metadata={"description": "what went wrong and what to fix"})
+    details = fields.Dict(metadata={"description": "structured details, e.g. per-field validation errors"})
+
+
+GATE_DOC = "'SUITE.METRIC OP NUMBER' (e.g. 'clean.top1 >= 0.9') or {metric, op, threshold}"
+DATASET_DOC = ("a reference string (builtin:digits, imagefolder:<path>, torchvision:<Name>:<root>[:split], "
+               "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes}")
+
+
+def audit_request_schema() -> type[Schema]:
+    """The audit request; rebuilt whenever the suite registry changes (a plugin added a suite)."""
+    return _request_schemas(tuple(sorted(SUITES)))[0]
+
+
+def schedule_request_schema() -> type[Schema]:
+    return _request_schemas(tuple(sorted(SUITES)))[1]
+
+
+@cache
+def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[Schema]]:
+    class AuditRequest(Schema):
+        model = fields.String(required=True, metadata={
+            "description": "id of a registered model (or, in a multipart request, the parts "
+                           "'checkpoint' and 'card' and this body as the JSON part 'spec')"})
+        dataset = fields.Raw(required=True, metadata={"description": DATASET_DOC})
+        suites = fields.Nested(suites_schema(), load_default=dict,
+                               metadata={"description": "suite name -> parameters (null: defaults); "
+                                                        "clean always runs"})
+        gates = fields.List(fields.Raw(), load_default=list, metadata={"description": GATE_DOC})
+        seed = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
+        label = fields.String(allow_none=True, validate=validate.Length(max=200), load_default=None)
+
+    class ScheduleRequest(AuditRequest):
+        cron = fields.String(required=True, metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
+
+    return AuditRequest, ScheduleRequest
+
+
+class ModelSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    sha256 = fields.String()
+    format = fields.String()
+    size_bytes = fields.Integer()
+    card = fields.Dict()
+    created_at = fields.DateTime()
+
+
+class ModelUploadSchema(Schema):
+    checkpoint = fields.Raw(required=True, metadata={"type": "string", "format": "binary",
+                                                     "description": "the checkpoint file"})
+    card = fields.Raw(metadata={"type": "string", "format": "binary",
+                                "description": "the model card (JSON), as a file or a form field; required"})
+
+
+def _status() -> fields.String:
+    return fields.String(metadata={"enum": [s.value for s in AuditStatus]})
+
+
+class AuditCreatedSchema(Schema):
+    id = fields.String()
+    status = _status()
+
+
+class AuditSummarySchema(Schema):
+    id = fields.String()
+    status = _status()
+    model_id = fields.String()
+    schedule_id = fields.String(allow_none=True)
+    label = fields.String(allow_none=True)
+    verdict = fields.String(allow_none=True, metadata={"description": "pass or fail, once succeeded"})
+    progress = fields.Dict(keys=fields.String(), values=fields.Float(),
+                           metadata={"description": "suite -> fraction done (0-1)"})
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    error = fields.Dict(allow_none=True, metadata={"description": "{code, message} of a failed audit"})
+
+
+class AuditSchema(AuditSummarySchema):
+    request = fields.Dict(metadata={"description": "the validated request"})
+    report = fields.Dict(allow_none=True, metadata={"description": "the report (api_spec/report.schema.json)"})
+
+
+class PageQuerySchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+
+
+class AuditQuerySchema(PageQuerySchema):
+    status = fields.Enum(AuditStatus, by_value=True)
+    model = fields.String(metadata={"description": "model id"})
+    label = fields.String()
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditSummarySchema))
+    page = fields.Integer()
+    page_size = fields.Integer()
+    total = fields.Integer()
+
+
+class ModelPageSchema(Schema):
+    items = fields.List(fields.Nested(ModelSchema))
+    page = fields.Integer()
+    page_size = fields.Integer()
+    total = fields.Integer()
+
+
+class ArtifactSchema(Schema):
+    name = fields.String(metadata={"description": "path under the audit's artifacts/, e.g. clean/reliability.png"})
+    size_bytes = fields.Integer()
+    url = fields.String()
+
+
+class ArtifactListSchema(Schema):
+    items = fields.List(fields.Nested(ArtifactSchema))
+
+
+class ScheduleSchema(Schema):
+    id = fields.String()
+    model_id = fields.String()
+    cron = fields.String()
+    label = fields.String(allow_none=True)
+    request = fields.Dict()
+    enabled = fields.Boolean()
+    created_at = fields.DateTime()
+    next_run_at = fields.DateTime()
+    last_run_at = fields.DateTime(allow_none=True)
+
+
+class SchedulePageSchema(Schema):
+    items = fields.List(fields.Nested(ScheduleSchema))
+    page = fields.Integer()
+    page_size = fields.Integer()
+    total = fields.Integer()
+
+
+class RunSchema(Schema):
+    audit_id = fields.String()
+    status = _status()
+    verdict = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+    metrics = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True),
+                          metadata={"description": "headline metric path -> value"})
+    delta = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True),
+                        metadata={"description": "headline metric path -> change since the previous "
+                                                 "succeeded run (null when either is missing)"})
+
+
+class RunListSchema(Schema):
+    items = fields.List(fields.Nested(RunSchema))

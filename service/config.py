@@ -1,0 +1,157 @@
+"""Service configuration: every setting comes from one ``ROBUSTAUDIT_*`` environment variable.
+
+Read once by :meth:`Config.from_env` when a process starts (app factory, worker, beat,
+serve); nothing reads the environment at import time. With no variables set, the
+embedded default applies: SQLite store and broker and storage under ``./var``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+PREFIX = "ROBUSTAUDIT_"
+
+
+class ConfigError(ValueError):
+    """A ``ROBUSTAUDIT_*`` variable has a value we cannot use; the message names it."""
+
+
+def hash_token(token: str) -> str:
+    """Tokens are kept (and may be configured) only as their sha256 hex digest."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _tokens(env: Mapping[str, str]) -> dict[str, str]:
+    """sha256(token) -> tenant, from ``API_TOKENS`` (tenant:token) and ``API_TOKEN_HASHES`` (tenant:sha256)."""
+    out: dict[str, str] = {}
+    for var, hashed in (("API_TOKENS", False), ("API_TOKEN_HASHES", True)):
+        for item in filter(None, (s.strip() for s in env.get(PREFIX + var, "").split(","))):
+            tenant, sep, secret = item.partition(":")
+            if not sep or not tenant or not secret:
+                raise ConfigError(f"{PREFIX}{var}: expected comma-separated 'tenant:{'sha256' if hashed else 'token'}'"
+                                  f" items, got {item.split(':')[0]!r}...")
+            if hashed and len(secret) != 64:
+                raise ConfigError(f"{PREFIX}{var}: {tenant!r} needs a 64-hex-digit sha256")
+            out[secret.lower() if hashed else hash_token(secret)] = tenant
+    return out
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{PREFIX}{name} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a service process needs to know.
+
+    Args:
+        home: base directory of the embedded default (``ROBUSTAUDIT_HOME``, default ``./var``).
+        database_url: SQLAlchemy URL of the job store (default SQLite in ``home``).
+        broker_url: Celery broker (default kombu's SQLAlchemy transport on SQLite in ``home``).
+        broker_prefix: key prefix on a Redis broker, so several deployments can share one Redis.
+        storage_dir: uploads, reports and artifacts (default ``home/storage``).
+        data_roots: directories dataset paths may point into (default ``storage_dir/data``).
+        token_hashes: sha256(token) -> tenant; empty means open mode, everything is tenant "default".
+        max_upload_mb: size limit of a request body (413 beyond it).
+        soft_time_limit_s: an audit running longer fails with ``time_limit``.
+        heartbeat_s: how often a running audit touches its heartbeat.
+        heartbeat_timeout_s: a running audit with an older heartbeat is taken for dead.
+        max_attempts: how many times a dead worker's audit is requeued before it fails.
+        visibility_timeout_s: Redis redelivers an unacknowledged message after this long.
+        beat_interval_s: how often ``robustaudit beat`` ticks (schedules and the reaper).
+        device: device for audits ("auto", "cpu", "cuda", "cuda:N").
+        plugins: modules imported by the API and the workers at start, e.g. to register more
+            suites in ``worker.engine.suites.SUITES`` (``ROBUSTAUDIT_PLUGINS``, comma-separated).
+    """
+
+    home: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    broker_prefix: str = ""
+    storage_dir: Path = Path("var/storage")
+    data_roots: tuple[Path, ...] = ()
+    token_hashes: dict[str, str] = field(default_factory=dict)
+    max_upload_mb: float = 512.0
+    soft_time_limit_s: float = 6 * 3600.0
+    heartbeat_s: float = 10.0
+    heartbeat_timeout_s: float = 120.0
+    max_attempts: int = 3
+    visibility_timeout_s: float = 3 * 3600.0
+    beat_interval_s: float = 60.0
+    device: str = "auto"
+    plugins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        env = os.environ if environ is None else environ
+        home = Path(env.get(PREFIX + "HOME") or "var").absolute()
+        storage = Path(env.get(PREFIX + "STORAGE_DIR") or home / "storage").absolute()
+        roots = tuple(Path(p).absolute() for p in env.get(PREFIX + "DATA_ROOTS", "").split(os.pathsep) if p.strip())
+        cfg = cls(
+            home=home,
+            database_url=env.get(PREFIX + "DATABASE_URL") or f"sqlite:///{home / 'store.sqlite'}",
+            broker_url=env.get(PREFIX + "BROKER_URL") or f"sqla+sqlite:///{home / 'broker.sqlite'}",
+            broker_prefix=env.get(PREFIX + "BROKER_PREFIX", ""),
+            storage_dir=storage,
+            data_roots=roots or (storage / "data",),
+            token_hashes=_tokens(env),
+            max_upload_mb=_number(env, "MAX_UPLOAD_MB", 512.0),
+            soft_time_limit_s=_number(env, "SOFT_TIME_LIMIT_S", 6 * 3600.0),
+            heartbeat_s=_number(env, "HEARTBEAT_S", 10.0),
+            heartbeat_timeout_s=_number(env, "HEARTBEAT_TIMEOUT_S", 120.0),
+            max_attempts=int(_number(env, "MAX_ATTEMPTS", 3)),
+            visibility_timeout_s=_number(env, "VISIBILITY_TIMEOUT_S", 3 * 3600.0),
+            beat_interval_s=_number(env, "BEAT_INTERVAL_S", 60.0),
+            device=env.get(PREFIX + "DEVICE") or "auto",
+            plugins=tuple(p.strip() for p in env.get(PREFIX + "PLUGINS", "").split(",") if p.strip()),
+        )
+        return replace(cfg, **overrides)
+
+    @property
+    def open_mode(self) -> bool:
+        """No tokens configured: the embedded default, one tenant, no authentication."""
+        return not self.token_hashes
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def as_env(self) -> dict[str, str]:
+        """This configuration as ``ROBUSTAUDIT_*`` variables, for child processes."""
+        env = {
+            "HOME": str(self.home), "DATABASE_URL": self.database_url, "BROKER_URL": self.broker_url,
+            "BROKER_PREFIX": self.broker_prefix, "STORAGE_DIR": str(self.storage_dir),
+            "DATA_ROOTS": os.pathsep.join(map(str, self.data_roots)),
+            "API_TOKEN_HASHES": ",".join(f"{t}:{h}" for h, t in self.token_hashes.items()),
+            "MAX_UPLOAD_MB": repr(self.max_upload_mb), "SOFT_TIME_LIMIT_S": repr(self.soft_time_limit_s),
+            "HEARTBEAT_S": repr(self.heartbeat_s), "HEARTBEAT_TIMEOUT_S": repr(self.heartbeat_timeout_s),
+            "MAX_ATTEMPTS": str(self.max_attempts), "VISIBILITY_TIMEOUT_S": repr(self.visibility_timeout_s),
+            "BEAT_INTERVAL_S": repr(self.beat_interval_s), "DEVICE": self.device,
+            "PLUGINS": ",".join(self.plugins),
+        }
+        return {PREFIX + k: v for k, v in env.items()}
+
+
+def load_plugins(config: Config) -> None:
+    """Import the configured plugin modules (idempotent: Python imports a module once)."""
+    import importlib
+
+    for name in config.plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{PREFIX}PLUGINS: cannot import {name!r}: {exc}") from None

@@ -1,0 +1,113 @@
+"""``make demo``: start the embedded service, audit the demo model with every registered suite
+(each at its ``demo_params``) on builtin:digits, show progress, print the verdict, stop the service.
+
+Exit status: 0 when the audit succeeded, 1 when it failed or was cancelled, 2 when the service
+could not be started or reached. The service is stopped on every path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.engine.cli import ProgressBar, summary_lines
+from worker.engine.suites import SUITES
+
+from .client import Client, ClientError, wait_for
+
+DEMO = Path(__file__).resolve().parents[1] / "worker" / "engine" / "assets" / "demo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(client: Client, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClientError(f"the service exited with status {proc.returncode}")
+        try:
+            client.json("GET", "/readyz")
+            return
+        except ClientError:
+            time.sleep(0.5)
+    raise ClientError(f"the service was not ready after {timeout:g} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the serve process (it stops its children), then make sure nothing is left."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def demo_body(model_id: str, n_samples: int) -> dict[str, object]:
+    return {"model": model_id,
+            "dataset": {"kind": "builtin", "name": "digits", "n_samples": n_samples, "seed": 0},
+            "suites": {name: dict(cls.demo_params) for name, cls in SUITES.items()},
+            "gates": ["clean.top1 >= 0.9"], "label": "demo"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.demo")
+    parser.add_argument("--home", default="var/demo-service", help="embedded store, broker and storage")
+    parser.add_argument("--out", default="var/demo", help="where report.json is written")
+    parser.add_argument("--n-samples", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+
+    home = Path(args.home).absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "ROBUSTAUDIT_HOME": str(home)}
+    env.setdefault("ROBUSTAUDIT_DEVICE", "auto")
+    log = open(home / "serve.log", "ab")
+    print(f"starting the service on 127.0.0.1:{port} (log: {home / 'serve.log'})", file=sys.stderr)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}",
+                             "--api-workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    client = Client(f"http://127.0.0.1:{port}", os.environ.get("ROBUSTAUDIT_TOKEN"))
+    try:
+        wait_ready(client, proc, timeout=120)
+        model = client.upload_model(DEMO / "digits_cnn.pt", DEMO / "digits_cnn.card.json")
+        print(f"model {model['id']} (sha256 {model['sha256'][:12]})", file=sys.stderr)
+        created = client.json("POST", "/v1/audits", demo_body(model["id"], args.n_samples))
+        print(f"audit {created['id']}: suites {sorted(SUITES)}", file=sys.stderr)
+        bar = ProgressBar(sys.stderr, enabled=True)
+        audit = wait_for(client, created["id"], timeout=args.timeout, poll=0.5, bar=bar)
+        bar.close()
+    except (ClientError, OSError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(proc)
+        log.close()
+    if audit["status"] != "succeeded":
+        print(f"audit {audit['status']}: {json.dumps(audit.get('error'))}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(audit["report"], indent=2))
+    print("\n".join(summary_lines(audit["report"])))
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Files of the service: uploaded checkpoints (content-addressed by sha256), and each
+audit's output directory (``report.json`` and ``artifacts/``).
+
+Uploads are streamed in chunks to a temporary file while their sha256 is computed, then
+renamed into place, so a half-written checkpoint is never visible under its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+CHUNK = 1 << 20
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
+
+
+class UploadTooLarge(Exception):
+    """The stream is longer than the configured limit."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    sha256: str
+    size: int
+
+
+class Storage:
+    """The storage root (a local directory or a shared volume).
+
+    Args:
+        root: directory that holds ``models/``, ``audits/`` and ``tmp/``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def save_upload(self, stream: IO[bytes], filename: str, *, max_bytes: int) -> StoredFile:
+        """Stream ``stream`` into ``models/<sha256><suffix>``; an existing identical file is reused."""
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UploadTooLarge(f"upload exceeds {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+            sha = digest.hexdigest()
+            suffix = Path(filename or "").suffix
+            target = self.root / "models" / f"{sha}{suffix if _SUFFIX.match(suffix) else ''}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                os.unlink(tmp_name)
+            else:
+                os.replace(tmp_name, target)
+            return StoredFile(target, sha, size)
+        except BaseException:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+            raise
+
+    def audit_dir(self, audit_id: str) -> Path:
+        return self.root / "audits" / audit_id
+
+    def clear_audit(self, audit_id: str) -> None:
+        """Remove what an interrupted attempt left, so a retry starts clean."""
+        shutil.rmtree(self.audit_dir(audit_id), ignore_errors=True)
+
+    def artifacts(self, audit_id: str) -> list[tuple[str, int]]:
+        """(name relative to ``artifacts/``, size) of every artifact file, sorted."""
+        root = self.audit_dir(audit_id) / "artifacts"
+        if not root.is_dir():
+            return []
+        return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+    def artifact_path(self, audit_id: str, name: str) -> Path | None:
+        """The file of artifact ``name``, or None if there is none (or the name leaves the directory)."""
+        root = (self.audit_dir(audit_id) / "artifacts").resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+        return path
