@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from .attacks import AttacksSuite
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
 
 SUITES: dict[str, type[Suite]] = {
     CleanSuite.name: CleanSuite,
+    AttacksSuite.name: AttacksSuite,
 }
 
 
