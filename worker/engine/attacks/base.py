@@ -53,7 +53,8 @@ class AttackResult:
         budgets: the budgets, in the order the caller gave them.
         adversarials: per budget, N images: the verified adversarial where the attack
             succeeded, the clean input elsewhere.
-        success: bool, budgets x N; re-checked on the clipped, projected images.
+        success: bool, budgets x N; re-checked on the clipped, projected images. A sample the
+            clean input already fools is not attacked and counts as a success (iteration 0).
         predictions: long, budgets x N; the model's class for the returned images.
         first_success: long, budgets x N (-1 where unknown or failed), when the attack iterates.
         minimal_norms: for budget-free (minimum-norm) attacks, the norm of each verified
@@ -113,16 +114,15 @@ class Attack(ABC):
         return self._call_per_budget(model, inputs, labels, budgets, targeted, mask, rng)
 
     def _call_per_budget(self, model: Model, x: torch.Tensor, y: torch.Tensor, budgets: list[float],
-                         targeted: bool, mask: torch.Tensor | None, rng: RandomSource
-                         ) -> AttackResult:
+                         targeted: bool, mask: torch.Tensor | None, rng: RandomSource) -> AttackResult:
         n, nb = x.shape[0], len(budgets)
         order = sorted(range(nb), key=lambda i: budgets[i])
-        success = torch.zeros(nb, n, dtype=torch.bool, device=x.device)
-        preds = torch.empty(nb, n, dtype=torch.long, device=x.device)
-        first = torch.full((nb, n), -1, dtype=torch.long, device=x.device)
+        # Samples the clean image already fools are not attacked: the clean image is returned.
+        done, clean_pred = _verify(model, x, y, targeted)
+        success = done.expand(nb, n).clone()
+        preds = clean_pred.expand(nb, n).clone()
+        first = torch.where(done, 0, -1).expand(nb, n).clone()
         advs = [x.clone() for _ in range(nb)]
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        clean_pred: torch.Tensor | None = None
         prev: int | None = None
         for b in order:
             eps = budgets[b]
@@ -139,37 +139,45 @@ class Attack(ABC):
                                rng=salted(subset(rng, todo), 1000 + b))
                 adv = self.constrain(xs, out.adversarials, eps, ms)
                 ok, pred = _verify(model, adv, ys, targeted)
-                advs[b][todo[ok]] = adv[ok]
-                preds[b, todo] = pred
-                success[b, todo] = ok
+                hit = todo[ok]
+                advs[b][hit] = adv[ok]
+                preds[b, hit] = pred[ok]
+                success[b, hit] = True
                 if out.first_success is not None:
-                    first[b, todo[ok]] = out.first_success.to(x.device)[ok]
-                done[todo[ok]] = True
-            elif prev is None:
-                if clean_pred is None:
-                    clean_pred = _predict(model, x)
-                preds[b] = clean_pred
+                    first[b, hit] = out.first_success.to(x.device)[ok]
+                done[hit] = True
             prev = b
         return AttackResult(list(budgets), advs, success, preds, first)
 
     def _call_budget_free(self, model: Model, x: torch.Tensor, y: torch.Tensor, budgets: list[float],
-                          targeted: bool, mask: torch.Tensor | None, rng: RandomSource
-                          ) -> AttackResult:
-        out = self.run(model, x, y, None, targeted=targeted, mask=mask, rng=rng)
-        raw = self.constrain(x, out.adversarials, None, mask)
-        ok, pred = _verify(model, raw, y, targeted)
-        ops = self.norm.ops
-        norms = torch.where(ok, ops.measure(raw - x), torch.full_like(ok, math.inf, dtype=x.dtype))
+                          targeted: bool, mask: torch.Tensor | None, rng: RandomSource) -> AttackResult:
         nb, n = len(budgets), x.shape[0]
+        clean_ok, clean_pred = _verify(model, x, y, targeted)
+        raw = x.clone()
+        ok = clean_ok.clone()
+        pred = clean_pred.clone()
+        first_all = torch.where(clean_ok, 0, -1)
+        todo = (~clean_ok).nonzero().squeeze(1)
+        if todo.numel():
+            ms = _select(mask, todo)
+            out = self.run(model, x[todo], y[todo], None, targeted=targeted, mask=ms, rng=subset(rng, todo))
+            cand = self.constrain(x[todo], out.adversarials, None, ms)
+            ok_t, pred_t = _verify(model, cand, y[todo], targeted)
+            hit = todo[ok_t]
+            raw[hit] = cand[ok_t]
+            ok[hit] = True
+            pred[hit] = pred_t[ok_t]
+            if out.first_success is not None:
+                first_all[hit] = out.first_success.to(x.device)[ok_t]
+        norms = torch.where(ok, self.norm.ops.measure(raw - x), torch.full_like(x[:, 0, 0, 0], math.inf))
         success = torch.zeros(nb, n, dtype=torch.bool, device=x.device)
-        preds = torch.empty(nb, n, dtype=torch.long, device=x.device)
+        preds = clean_pred.expand(nb, n).clone()
+        first = torch.full((nb, n), -1, dtype=torch.long, device=x.device)
         advs = []
-        clean_pred = _predict(model, x) if nb else None
         for b, eps in enumerate(budgets):
             adv = x.clone()
             inside = ok & (norms <= eps)
             adv[inside] = raw[inside]
-            preds[b] = clean_pred if clean_pred is not None else pred
             preds[b, inside] = pred[inside]
             success[b] = inside
             # Outside the ball: project the candidate in and check again; it may still succeed.
@@ -178,13 +186,10 @@ class Attack(ABC):
                 cand = self.constrain(x[rest], raw[rest], eps, _select(mask, rest))
                 ok2, pred2 = _verify(model, cand, y[rest], targeted)
                 adv[rest[ok2]] = cand[ok2]
-                success[b, rest] = ok2
+                success[b, rest[ok2]] = True
                 preds[b, rest[ok2]] = pred2[ok2]
+            first[b, success[b]] = first_all[success[b]]
             advs.append(adv)
-        first = None
-        if out.first_success is not None:
-            first = out.first_success.to(x.device).expand(nb, n).clone()
-            first[~success] = -1
         return AttackResult(list(budgets), advs, success, preds, first, minimal_norms=norms)
 
     def constrain(self, inputs: torch.Tensor, candidates: torch.Tensor, eps: float | None,
