@@ -160,7 +160,7 @@ def test_fmn_and_cw_find_the_known_minimal_l2_distance():
 
 def test_fmn_linf_not_larger_than_pgd_threshold():
     clf, x, y = data(20)
-    fmn = FMN(norm="linf", steps=100)(clf, x, y, [0.05, 0.1])
+    fmn = FMN(norm="linf", steps=50)(clf, x, y, [0.05, 0.1])
     pgd = PGD(norm="linf", steps=20)(clf, x, y, [0.05, 0.1])
     # FMN's verified budgets at eps reproduce at least most PGD successes
     assert fmn.success.sum() >= 0.8 * pgd.success.sum()
@@ -197,3 +197,14 @@ def test_registry_and_errors():
         PGD()(clf, x, y[:3], [0.1])
     with pytest.raises(TypeError):
         PGD("linf")  # keyword-only
+
+
+def test_fixed_steps_mode_gives_the_same_result_at_a_higher_cost():
+    clf, x, y = data(30)
+    seeds = SampleSeeds(range(30))
+    fast, slow = Counting(clf), Counting(clf)
+    a = PGD(norm="linf", steps=10, restarts=2)(fast, x, y, [0.01, 0.03, 0.1], rng=seeds)
+    b = PGD(norm="linf", steps=10, restarts=2, early_exit=False)(slow, x, y, [0.01, 0.03, 0.1], rng=seeds)
+    assert torch.equal(a.success, b.success)
+    assert 0 < a.success[0].sum() < 30
+    assert slow.rows > 2 * fast.rows

@@ -78,6 +78,8 @@ class Attack(ABC):
 
     Args:
         norm: the threat model ("linf" or "l2"); must be one the attack supports.
+        early_exit: attack a larger budget only on samples still robust at the smaller ones
+            (False attacks every sample at every budget: the fixed-cost baseline).
     """
 
     name: ClassVar[str]
@@ -85,7 +87,8 @@ class Attack(ABC):
     #: run once without a budget and evaluate the result at every budget (minimum-norm attacks)
     budget_free: ClassVar[bool] = False
 
-    def __init__(self, *, norm: Norm | str) -> None:
+    def __init__(self, *, norm: Norm | str, early_exit: bool = True) -> None:
+        self.early_exit = early_exit
         try:
             self.norm = Norm(norm)
         except ValueError:
@@ -131,7 +134,7 @@ class Attack(ABC):
                 preds[b] = preds[prev]
                 success[b] = success[prev]
                 first[b] = first[prev]
-            todo = (~done).nonzero().squeeze(1)
+            todo = (~done if self.early_exit else torch.ones_like(done)).nonzero().squeeze(1)
             if todo.numel():
                 xs, ys = x[todo], y[todo]
                 ms = _select(mask, todo)
@@ -139,6 +142,7 @@ class Attack(ABC):
                                rng=salted(subset(rng, todo), 1000 + b))
                 adv = self.constrain(xs, out.adversarials, eps, ms)
                 ok, pred = _verify(model, adv, ys, targeted)
+                ok &= ~done[todo]  # (fixed-cost mode) keep what a smaller budget already found
                 hit = todo[ok]
                 advs[b][hit] = adv[ok]
                 preds[b, hit] = pred[ok]

@@ -30,6 +30,8 @@ SCHEMA = ParamSchema((
           minimum=1, maximum=100),
     Param("pgd_loss", ParamKind.CHOICE, "ce", "PGD loss: cross-entropy or logit margin", choices=("ce", "margin")),
     Param("pgd_random_start", ParamKind.BOOL, True, "start PGD from a random point of the ball"),
+    Param("early_exit", ParamKind.BOOL, True, "drop samples from PGD batches once they fall (false: every step "
+          "on every sample, the fixed-cost baseline; same results)"),
     Param("check_every", ParamKind.INT, 1, "test for success (early exit) every this many PGD steps",
           minimum=1, maximum=1000),
     Param("cw_steps", ParamKind.INT, 50, "CW-L2 Adam steps per search round", minimum=1, maximum=10_000),

@@ -20,7 +20,7 @@ _ARGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "fgsm": lambda p: {},
     "pgd": lambda p: {"steps": p["pgd_steps"], "rel_stepsize": p["pgd_rel_step"], "restarts": p["pgd_restarts"],
                       "loss": Loss(p["pgd_loss"]), "random_start": p["pgd_random_start"],
-                      "check_every": p["check_every"]},
+                      "check_every": p["check_every"], "early_exit": p["early_exit"]},
     "cw": lambda p: {"steps": p["cw_steps"], "c": p["cw_c"], "lr": p["cw_lr"],
                      "binary_search_steps": p["cw_search_steps"]},
     "fmn": lambda p: {"steps": p["minimal_steps"]},
