@@ -86,10 +86,12 @@ class PGD(Attack):
         idx = torch.arange(n, device=x.device)
         xa, ya, ma = x, y, mask
         for t in range(self.steps + 1):
-            delta.requires_grad_(True)
-            logits = model(xa + delta)
+            last = t == self.steps
+            delta.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):  # the last iterate is only checked
+                logits = model(xa + delta)
             keep: torch.Tensor | None = None
-            if t % self.check_every == 0 or t == self.steps:
+            if t % self.check_every == 0 or last:
                 succ = is_success(logits.detach(), ya, targeted=targeted)
                 if not self.early_exit:  # fixed steps: remember the first success, keep stepping
                     new = succ & (first[idx] < 0)
@@ -106,7 +108,7 @@ class PGD(Attack):
                     if not idx.numel():
                         return out, first
             current = delta.detach() if keep is None else delta.detach()[keep]
-            if t == self.steps:
+            if last:
                 rest = first[idx] < 0
                 out[idx[rest]] = (xa + current)[rest]
                 break
