@@ -144,7 +144,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--suite-samples", type=int, default=100)
     ap.add_argument("--skip-suite", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clf = load_model(args.model, args.device, args.size)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "

@@ -39,10 +39,22 @@ class RunOutput:
         adversarials: N x C x H x W candidate images.
         first_success: per sample, the iteration at which the attack saw success (-1: never);
             None for attacks that do not iterate.
+        last_iteration: the iteration of a final iterate the attack returns unchecked; a
+            sample the base's re-check finds adversarial with ``first_success`` -1 gets it.
     """
 
     adversarials: torch.Tensor
     first_success: torch.Tensor | None = None
+    last_iteration: int | None = None
+
+    def first_iterations(self, verified: torch.Tensor) -> torch.Tensor | None:
+        """First-success iterations, filled in for successes found only by the re-check."""
+        if self.first_success is None:
+            return None
+        it = self.first_success.to(verified.device).clone()
+        if self.last_iteration is not None:
+            it[(it < 0) & verified] = self.last_iteration
+        return it
 
 
 @dataclass
@@ -147,8 +159,9 @@ class Attack(ABC):
                 advs[b][hit] = adv[ok]
                 preds[b, hit] = pred[ok]
                 success[b, hit] = True
-                if out.first_success is not None:
-                    first[b, hit] = out.first_success.to(x.device)[ok]
+                its = out.first_iterations(ok)
+                if its is not None:
+                    first[b, hit] = its[ok]
                 done[hit] = True
             prev = b
         return AttackResult(list(budgets), advs, success, preds, first)
@@ -171,8 +184,9 @@ class Attack(ABC):
             raw[hit] = cand[ok_t]
             ok[hit] = True
             pred[hit] = pred_t[ok_t]
-            if out.first_success is not None:
-                first_all[hit] = out.first_success.to(x.device)[ok_t]
+            its = out.first_iterations(ok_t)
+            if its is not None:
+                first_all[hit] = its[ok_t]
         norms = torch.where(ok, self.norm.ops.measure(raw - x), torch.full_like(x[:, 0, 0, 0], math.inf))
         success = torch.zeros(nb, n, dtype=torch.bool, device=x.device)
         preds = clean_pred.expand(nb, n).clone()

@@ -64,18 +64,20 @@ class PGD(Attack):
             if not alive.numel():
                 break
             m = mask if mask is None or mask.shape[0] == 1 else mask[alive]
+            # The last restart leaves its final iterate to the base's re-check: one forward saved.
             adv, it = self._once(model, inputs[alive], labels[alive], eps, targeted, m,
-                                 salted(subset(rng, alive), r))
+                                 salted(subset(rng, alive), r), check_last=r < self.restarts - 1)
             unfound = first[alive] < 0  # (all of them, with early exit)
             best[alive[unfound]] = adv[unfound]
             fresh = unfound & (it >= 0)
             first[alive[fresh]] = it[fresh]
             if self.early_exit:
                 alive = alive[first[alive] < 0]
-        return RunOutput(best, first)
+        return RunOutput(best, first, last_iteration=self.steps)
 
     def _once(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float, targeted: bool,
-              mask: torch.Tensor | None, rng: RandomSource) -> tuple[torch.Tensor, torch.Tensor]:
+              mask: torch.Tensor | None, rng: RandomSource, *, check_last: bool
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         ops = self.norm.ops
         alpha = self.abs_stepsize if self.abs_stepsize is not None else self.rel_stepsize * eps
         n = x.shape[0]
@@ -87,6 +89,10 @@ class PGD(Attack):
         xa, ya, ma = x, y, mask
         for t in range(self.steps + 1):
             last = t == self.steps
+            if last and not check_last:
+                rest = first[idx] < 0
+                out[idx[rest]] = (xa + delta.detach())[rest]
+                break
             delta.requires_grad_(not last)
             with torch.set_grad_enabled(not last):  # the last iterate is only checked
                 logits = model(xa + delta)

@@ -6,8 +6,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import torch
-
 from ...attacks.rng import SampleSeeds, sample_seed
 from ...classifier import Classifier
 
@@ -68,10 +66,6 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     if va == 0 or vb == 0:
         return None
     return cov / math.sqrt(va * vb)
-
-
-def to_device(x: torch.Tensor, clf: Classifier) -> torch.Tensor:
-    return x.to(clf.device, dtype=clf.dtype if clf.dtype.is_floating_point else torch.float32)
 
 
 Record = dict[str, Any]

@@ -35,11 +35,11 @@ def misclassification_metrics(records: list[Record], params: dict[str, Any], cla
                            f"share of untargeted {norm} successes whose adversarial class is in the clean top-5 "
                            f"(top-{min(5, len(class_names))})"),
         }
-        if hierarchy:
-            same = [hierarchy.get(class_names[c]) is not None
-                    and hierarchy.get(class_names[c]) == hierarchy.get(class_names[r["label"]]) for r, c in hits]
-            part["same_group"] = metric(share(same), Unit.FRACTION, n,
-                                        f"share of untargeted {norm} successes whose adversarial class is in the "
-                                        "source class's group")
+        same = [hierarchy.get(class_names[c]) is not None
+                and hierarchy.get(class_names[c]) == hierarchy.get(class_names[r["label"]]) for r, c in hits]
+        part["same_group"] = metric(share(same) if hierarchy else None, Unit.FRACTION, n if hierarchy else 0,
+                                    f"share of untargeted {norm} successes whose adversarial class is in the "
+                                    "source class's group" + ("" if hierarchy else
+                                                              " (null: the model card has no hierarchy)"))
         out[norm] = part
     return out

@@ -122,14 +122,12 @@ def targeted_metrics(records: list[Record], params: dict[str, Any], class_names:
                              "Spearman rank correlation between modify and mimic rates over classes")
     for label, rates in (("modify", modify), ("mimic", mimic)):
         have = [(r, k) for k, (r, t) in enumerate(rates) if r is not None]
-        if have:
-            hi, lo = max(have, key=lambda v: (v[0], -v[1])), min(have, key=lambda v: (v[0], v[1]))
-            out[f"easiest_to_{label}"] = metric(hi[0], Unit.FRACTION, rates[hi[1]][1],
-                                                f"highest {label} rate; the class is in 'class'",
-                                                **{"class": class_names[hi[1]]})
-            out[f"hardest_to_{label}"] = metric(lo[0], Unit.FRACTION, rates[lo[1]][1],
-                                                f"lowest {label} rate; the class is in 'class'",
-                                                **{"class": class_names[lo[1]]})
+        for name, pick in (("easiest", max(have, key=lambda v: (v[0], -v[1])) if have else None),
+                           ("hardest", min(have, key=lambda v: (v[0], v[1])) if have else None)):
+            out[f"{name}_to_{label}"] = metric(
+                pick[0] if pick else None, Unit.FRACTION, rates[pick[1]][1] if pick else 0,
+                f"{'highest' if name == 'easiest' else 'lowest'} {label} rate; the class is in 'class' "
+                "(ties: the first class)", **{"class": class_names[pick[1]] if pick else None})
     if hierarchy:
         groups = sorted(set(hierarchy.values()))
         members = [[k for k in range(c) if hierarchy.get(class_names[k]) == g] for g in groups]
