@@ -124,6 +124,9 @@ def suite_speedup(device: str, n: int, params: dict) -> tuple[float, float, dict
                            roots=DataRoots.from_env(), num_classes=10)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        warm = SuiteContext(classifier=clf, artifacts=ArtifactStore(Path(tmp) / "warm-up"))
+        run_suite("clean", get_suite("clean").validate_params({}), warm, samples.subset(range(4)))
+        run_suite("attacks", get_suite("attacks").validate_params(params), warm, samples.subset(range(4)))
         for early in (True, False):
             ctx = SuiteContext(classifier=clf, artifacts=ArtifactStore(Path(tmp) / str(early)))
             run_suite("clean", get_suite("clean").validate_params({}), ctx, samples)

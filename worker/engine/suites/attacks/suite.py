@@ -62,7 +62,9 @@ class AttacksSuite(Suite):
             paths += ["targeted.success_rate", "targeted.modify.{class}", "targeted.mimic.{class}",
                       "targeted.spearman", "targeted.easiest_to_modify", "targeted.hardest_to_modify",
                       "targeted.easiest_to_mimic", "targeted.hardest_to_mimic",
-                      "targeted.groups.modify.{group}", "targeted.groups.mimic.{group}"]
+                      "targeted.groups.modify.{group}", "targeted.groups.mimic.{group}", "targeted.groups.spearman",
+                      "targeted.groups.easiest_to_modify", "targeted.groups.hardest_to_modify",
+                      "targeted.groups.easiest_to_mimic", "targeted.groups.hardest_to_mimic"]
         return paths
 
     def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:

@@ -103,41 +103,42 @@ def targeted_metrics(records: list[Record], params: dict[str, Any], class_names:
     total = sum(map(sum, tries))
     eps, norm = params["targeted_eps"], params["targeted_norm"]
     cond = f"targeted PGD-{params['targeted_steps']}, {norm} eps={eps:g}"
-    singles = [[k] for k in range(c)]
-    modify = _rates(tries, wins, singles, 0)
-    mimic = _rates(tries, wins, singles, 1)
     out: dict[str, Any] = {
         "success_rate": metric(sum(map(sum, wins)) / total if total else None, Unit.FRACTION, total,
                                f"share of (image, target) pairs that succeed, {cond}", eps=eps, norm=norm),
-        "modify": {class_names[k]: metric(r, Unit.FRACTION, t, f"modify rate of class {class_names[k]!r}: share "
-                                          f"of its images' targeted attempts that succeed ({cond})")
+        **_summary(tries, wins, class_names, [[k] for k in range(c)], "class", cond),
+    }
+    if hierarchy:
+        groups = sorted(set(hierarchy.values()))
+        members = [[k for k in range(c) if hierarchy.get(class_names[k]) == g] for g in groups]
+        out["groups"] = _summary(tries, wins, groups, members, "group", cond)
+    return out
+
+
+def _summary(tries: list[list[int]], wins: list[list[int]], names: list[str], members: list[list[int]],
+             kind: str, cond: str) -> dict[str, Any]:
+    """Modify and mimic rates per class (or group), their rank correlation, easiest and hardest."""
+    modify, mimic = _rates(tries, wins, members, 0), _rates(tries, wins, members, 1)
+    out: dict[str, Any] = {
+        "modify": {names[k]: metric(r, Unit.FRACTION, t, f"modify rate of {kind} {names[k]!r}: share of its "
+                                    f"images' targeted attempts that succeed ({cond})")
                    for k, (r, t) in enumerate(modify) if t},
-        "mimic": {class_names[k]: metric(r, Unit.FRACTION, t, f"mimic rate of class {class_names[k]!r}: share of "
-                                         f"attempts aimed at it that succeed ({cond})")
+        "mimic": {names[k]: metric(r, Unit.FRACTION, t, f"mimic rate of {kind} {names[k]!r}: share of attempts "
+                                   f"aimed at it that succeed ({cond})")
                   for k, (r, t) in enumerate(mimic) if t},
     }
-    both = [k for k in range(c) if modify[k][0] is not None and mimic[k][0] is not None]
+    both = [k for k in range(len(names)) if modify[k][0] is not None and mimic[k][0] is not None]
     rho = spearman([modify[k][0] for k in both], [mimic[k][0] for k in both])  # type: ignore[misc]
     out["spearman"] = metric(rho, Unit.CORRELATION, len(both),
-                             "Spearman rank correlation between modify and mimic rates over classes")
+                             f"Spearman rank correlation between modify and mimic rates over {kind}s")
     for label, rates in (("modify", modify), ("mimic", mimic)):
         have = [(r, k) for k, (r, t) in enumerate(rates) if r is not None]
         for name, pick in (("easiest", max(have, key=lambda v: (v[0], -v[1])) if have else None),
                            ("hardest", min(have, key=lambda v: (v[0], v[1])) if have else None)):
             out[f"{name}_to_{label}"] = metric(
                 pick[0] if pick else None, Unit.FRACTION, rates[pick[1]][1] if pick else 0,
-                f"{'highest' if name == 'easiest' else 'lowest'} {label} rate; the class is in 'class' "
-                "(ties: the first class)", **{"class": class_names[pick[1]] if pick else None})
-    if hierarchy:
-        groups = sorted(set(hierarchy.values()))
-        members = [[k for k in range(c) if hierarchy.get(class_names[k]) == g] for g in groups]
-        gm, gi = _rates(tries, wins, members, 0), _rates(tries, wins, members, 1)
-        out["groups"] = {
-            "modify": {g: metric(r, Unit.FRACTION, t, f"modify rate of group {g!r}") for g, (r, t) in zip(groups, gm)
-                       if t},
-            "mimic": {g: metric(r, Unit.FRACTION, t, f"mimic rate of group {g!r}") for g, (r, t) in zip(groups, gi)
-                      if t},
-        }
+                f"{'highest' if name == 'easiest' else 'lowest'} {label} rate; the {kind} is in '{kind}' "
+                f"(ties: the first {kind})", **{kind: names[pick[1]] if pick else None})
     return out
 
 
