@@ -197,7 +197,10 @@ def main() -> None:
     demo = dict(get_suite("attacks").demo_params)
     configs = {"demo parameters (FGSM, PGD, CW, FMN, targeted)": demo,
                "PGD parts only (FGSM, PGD, targeted; no CW, no FMN)": {**demo, "attacks": ["fgsm", "pgd"],
-                                                                        "minimal": "none"}}
+                                                                        "minimal": "none"},
+               "PGD parts, budgets where most samples fall (linf 0.1-0.3, l2 2-4, 20 steps)":
+                   {**demo, "attacks": ["fgsm", "pgd"], "minimal": "none", "linf_eps": [0.1, 0.2, 0.3],
+                    "l2_eps": [2.0, 3.0, 4.0], "pgd_steps": 20, "targeted_steps": 20}}
     print(f"\n2. whole attacks suite on the non-robust demo model, {args.suite_samples} digits samples "
           f"(best of {args.suite_repeats} alternating runs; passes = samples through the model):")
     for label, params in configs.items():
