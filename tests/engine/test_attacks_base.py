@@ -208,3 +208,12 @@ def test_fixed_steps_mode_gives_the_same_result_at_a_higher_cost():
     assert torch.equal(a.success, b.success)
     assert 0 < a.success[0].sum() < 30
     assert slow.rows > 2 * fast.rows
+
+
+def test_cw_abort_early_saves_steps():
+    clf, x, y = data(16)
+    slow, fast = Counting(clf), Counting(clf)
+    a = CarliniWagnerL2(steps=100, binary_search_steps=1, abort_early=False)(slow, x, y, [1.0])
+    b = CarliniWagnerL2(steps=100, binary_search_steps=1, abort_early=True)(fast, x, y, [1.0])
+    assert fast.rows < slow.rows
+    assert b.success.sum() >= 0.8 * a.success.sum()

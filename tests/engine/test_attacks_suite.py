@@ -166,3 +166,19 @@ def test_weaker_attack_stronger_is_flagged(tmp_path):
     assert flags and flags[0]["details"]["weaker"] == "fgsm" and flags[0]["details"]["samples"] > 0
     fine = audit(tmp_path, classifier(), labelled(20), QUICK)
     assert "weaker_attack_stronger" not in {w["code"] for w in fine["warnings"]}
+
+
+def test_progress_rises_and_cancel_stops(tmp_path):
+    from worker.engine.errors import AuditCancelled
+
+    seen = []
+    ctx = SuiteContext(classifier=classifier(), artifacts=ArtifactStore(tmp_path / "artifacts"),
+                       on_progress=lambda s, f: seen.append((s, f)))
+    samples = labelled(8)
+    run_suite("clean", get_suite("clean").validate_params({}), ctx, samples)
+    run_suite("attacks", get_suite("attacks").validate_params(QUICK), ctx, samples, shards=2)
+    mine = [f for s, f in seen if s == "attacks"]
+    assert mine[-1] == 1.0 and all(b >= a for a, b in zip(mine, mine[1:]))
+    ctx.should_stop = lambda: True
+    with pytest.raises(AuditCancelled):
+        run_suite("attacks", get_suite("attacks").validate_params(QUICK), ctx, samples)
