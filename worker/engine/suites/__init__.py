@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .attacks import AttacksSuite
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
 from .fragile import FragileSuite
@@ -9,6 +10,7 @@ from .fragile import FragileSuite
 SUITES: dict[str, type[Suite]] = {
     CleanSuite.name: CleanSuite,
     FragileSuite.name: FragileSuite,
+    AttacksSuite.name: AttacksSuite,
 }
 
 

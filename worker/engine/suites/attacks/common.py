@@ -1,0 +1,71 @@
+"""Helpers shared by the parts of the attacks suite: batching, seeds, medians, ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ...attacks.rng import SampleSeeds, sample_seed
+from ...classifier import Classifier
+
+T = TypeVar("T")
+
+
+def in_batches(clf: Classifier, n: int, size: int | None, fn: Callable[[int, int], T]) -> list[T]:
+    """``fn(start, stop)`` over ``range(n)``; the model's automatic batch size (halved on CUDA
+    out-of-memory) unless the request fixed one."""
+    if size is None:
+        return clf.batch.map(fn, n)
+    return [fn(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def seeds_for(seed: int, ids: Sequence[str], salt: str) -> SampleSeeds:
+    """One random stream per sample id: independent of batches and shards."""
+    return SampleSeeds([sample_seed(seed, "attacks", salt, sid) for sid in ids])
+
+
+def median(values: Sequence[float]) -> float | None:
+    """Median of values that may hold inf (not found); None when empty or infinite."""
+    if not values:
+        return None
+    v = sorted(values)
+    m = len(v) // 2
+    out = v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2 if math.isfinite(v[m - 1] + v[m]) else math.inf
+    return out if math.isfinite(out) else None
+
+
+def share(hits: Sequence[bool]) -> float | None:
+    return math.fsum(float(h) for h in hits) / len(hits) if hits else None
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """Average ranks (ties share the mean rank), 1-based."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: Pearson correlation of average ranks; None if undefined."""
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = math.fsum(ra) / len(ra), math.fsum(rb) / len(rb)
+    cov = math.fsum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = math.fsum((x - ma) ** 2 for x in ra)
+    vb = math.fsum((y - mb) ** 2 for y in rb)
+    if va == 0 or vb == 0:
+        return None
+    return cov / math.sqrt(va * vb)
+
+
+Record = dict[str, Any]

@@ -1,0 +1,63 @@
+"""PNG plots of the attacks suite (matplotlib imported lazily: the engine runs without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .params import attacks_for, budgets, eps_key
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def robust_accuracy_plot(path: Path, metrics: dict[str, Any], params: dict[str, Any]) -> Path:
+    """Robust accuracy against eps, one panel per norm: worst case and each attack alone."""
+    plt = _pyplot()
+    norms = params["norms"]
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.5 * len(norms), 3.6), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        eps = budgets(params, norm)
+        order = sorted(range(len(eps)), key=lambda i: eps[i])
+        xs = [eps[i] for i in order]
+        worst = [metrics["robust_accuracy"][norm][eps_key(eps[i])]["value"] for i in order]
+        ax.plot(xs, worst, "k-o", label="worst case", linewidth=2)
+        for a in attacks_for(params, norm):
+            ys = [metrics["per_attack"][norm][a][eps_key(eps[i])]["value"] for i in order]
+            ax.plot(xs, ys, "--.", label=a)
+        ax.set_xlabel(f"{norm} eps")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
+    """Modify rate against mimic rate per class, annotated with the class names."""
+    plt = _pyplot()
+    names = [c for c in targeted["modify"] if c in targeted["mimic"]]
+    xs = [targeted["modify"][c]["value"] for c in names]
+    ys = [targeted["mimic"][c]["value"] for c in names]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(xs, ys)
+    for c, x, y in zip(names, xs, ys):
+        ax.annotate(c, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
+    rho = targeted["spearman"]["value"]
+    ax.set_title(f"modify vs mimic (Spearman {rho:.2f})" if rho is not None else "modify vs mimic")
+    ax.set_xlabel("modify rate (as source)")
+    ax.set_ylabel("mimic rate (as target)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,156 @@
+"""Suite ``attacks`` (SUITES.md section 2, parts 2a-2d and the sanity flags).
+
+``run`` attacks one shard and returns per-sample facts only (success per attack and budget,
+adversarial classes, minimal norms, targeted outcomes, sanity facts); ``finalize`` computes
+every rate from the merged samples, so sharded and unsharded audits agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from ...metrics import Unit, metric
+from ...samples import SampleSet
+from ..base import Partial, Suite, SuiteContext, SuiteResult
+from .common import Record, in_batches
+from .misclassification import misclassification_metrics
+from .params import SCHEMA, attacks_for, budgets, check, eps_key
+from .plots import modify_mimic_plot, robust_accuracy_plot
+from .robustness import robustness_metrics, run_untargeted
+from .sanity import probe, sanity_warnings
+from .suitability import suitability_metrics
+from .targeted import matrix_artifact, run_targeted, targeted_metrics
+
+
+class AttacksSuite(Suite):
+    """Robust accuracy, minimal perturbations, targeted modify/mimic, misclassification
+    classes, source-image suitability and sanity flags."""
+
+    name = "attacks"
+    description = ("Adversarial robustness: robust accuracy per norm and budget (worst case over FGSM, PGD, CW), "
+                   "minimal perturbations (FMN), targeted all-pairs modify/mimic rates, misclassification classes, "
+                   "source-image suitability, sanity flags.")
+    params = SCHEMA
+    demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0], "pgd_steps": 10, "cw_steps": 20,
+                   "cw_search_steps": 2, "minimal_steps": 50, "targeted_eps": 0.2, "targeted_steps": 10,
+                   "targeted_fraction": 0.5}
+
+    def validate_params(self, raw: Any) -> dict[str, Any]:
+        return check(super().validate_params(raw))
+
+    def metric_paths(self, params: dict[str, Any]) -> list[str]:
+        paths = ["not_attacked"]
+        for norm in params["norms"]:
+            for e in budgets(params, norm):
+                k = eps_key(e)
+                paths.append(f"robust_accuracy.{norm}.{k}")
+                paths += [f"per_attack.{norm}.{a}.{k}" for a in attacks_for(params, norm)]
+                paths.append(f"suitability.unflagged.robust_accuracy.{norm}.{k}")
+            if params["minimal"] != "none":
+                paths += [f"minimal_perturbation.{norm}.median", f"minimal_perturbation.{norm}.found",
+                          f"minimal_perturbation.{norm}.per_class.{{class}}",
+                          f"suitability.unflagged.minimal_perturbation.{norm}"]
+            paths += [f"misclassification.{norm}.top3", f"misclassification.{norm}.top5",
+                      f"misclassification.{norm}.same_group"]
+        paths += ["suitability.flagged"] + [f"suitability.flags.{f}" for f in
+                                            ("misclassified", "low_margin", "falls_at_every_budget",
+                                             "falls_at_no_budget")]
+        if params["targeted"]:
+            paths += ["targeted.success_rate", "targeted.modify.{class}", "targeted.mimic.{class}",
+                      "targeted.spearman", "targeted.easiest_to_modify", "targeted.hardest_to_modify",
+                      "targeted.easiest_to_mimic", "targeted.hardest_to_mimic",
+                      "targeted.groups.modify.{group}", "targeted.groups.mimic.{group}", "targeted.groups.spearman",
+                      "targeted.groups.easiest_to_modify", "targeted.groups.hardest_to_modify",
+                      "targeted.groups.easiest_to_mimic", "targeted.groups.hardest_to_mimic"]
+        return paths
+
+    def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:
+        clf = ctx.classifier
+        x = samples.prepared(clf.card).to(clf.device)
+        y = samples.labels.to(clf.device)
+        ids = list(samples.ids)
+        # clean facts: the clean suite's records where present, else our own forward pass
+        probes = in_batches(clf, len(ids), params["batch_size"], lambda s, e: probe(clf, x[s:e], y[s:e]))
+        logits = torch.cat([p[0] for p in probes]) if probes else torch.zeros(0, clf.num_classes)
+        facts = [f for p in probes for f in p[1]]
+        shared = ctx.shared.get("clean") or {}
+        records: dict[str, Record] = {}
+        probs = torch.softmax(logits.double(), dim=1)
+        k = min(5, clf.num_classes)
+        for i, sid in enumerate(ids):
+            c = shared.get(sid)
+            if c is None:
+                p = probs[i]
+                top = p.topk(k).indices.tolist()
+                other = p.clone()
+                other[int(y[i])] = -1.0
+                c = {"label": int(y[i]), "correct": top[0] == int(y[i]), "topk": top,
+                     "margin": float(p[int(y[i])] - other.max())}
+            records[sid] = {"id": sid, "label": int(c["label"]), "correct": bool(c["correct"]),
+                            "margin": float(c["margin"]), "topk": [int(t) for t in c["topk"]],
+                            "sanity": facts[i]}
+        attacked = torch.tensor([records[s]["correct"] for s in ids], dtype=torch.bool, device=clf.device)
+        split = 0.75 if params["targeted"] else 1.0
+        untargeted = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
+                                    lambda f: ctx.progress(split * f))
+        for sid in ids:
+            records[sid]["attacks"] = untargeted[sid]
+            records[sid]["targeted"] = None
+        if params["targeted"]:
+            targeted = run_targeted(clf, x, y, ids, attacked, params, ctx.seed,
+                                    lambda f: ctx.progress(split + (1 - split) * f))
+            for sid, t in targeted.items():
+                records[sid]["targeted"] = t
+        return {"samples": records}
+
+    def merge(self, a: Partial, b: Partial) -> Partial:
+        return {"samples": {**a["samples"], **b["samples"]}}
+
+    def finalize(self, ctx: SuiteContext, partial: Partial, params: dict[str, Any]) -> SuiteResult:
+        records = list(partial["samples"].values())
+        card = ctx.classifier.card
+        names = list(card.class_names) or [str(i) for i in range(ctx.classifier.num_classes)]
+        hierarchy = dict(card.hierarchy)
+        n = len(records)
+        metrics: dict[str, Any] = {
+            "not_attacked": metric(sum(not r["correct"] for r in records), Unit.COUNT, n,
+                                   "samples misclassified on the clean image: not attacked, counted as non-robust "
+                                   "at every budget"),
+        }
+        metrics.update(robustness_metrics(records, params, names))
+        metrics["misclassification"] = misclassification_metrics(records, params, names, hierarchy)
+        suitability, flags = suitability_metrics(records, params)
+        metrics["suitability"] = suitability
+        artifacts = []
+        store = ctx.artifacts
+        if params["targeted"]:
+            metrics["targeted"] = targeted_metrics(records, params, names, hierarchy)
+            matrix = matrix_artifact(records, names)
+            path = store.path(self.name, "targeted_matrix.json")
+            path.write_text(json.dumps(matrix, indent=1))
+            artifacts.append(store.relative(path))
+            artifacts.append(store.relative(_write_npz(store.path(self.name, "targeted_matrix.npz"), matrix)))
+            if n:
+                artifacts.append(store.relative(modify_mimic_plot(store.path(self.name, "modify_mimic.png"),
+                                                                  metrics["targeted"])))
+        if n:
+            artifacts.append(store.relative(robust_accuracy_plot(store.path(self.name, "robust_accuracy.png"),
+                                                                 metrics, params)))
+        path = store.path(self.name, "suitability_flags.json")
+        path.write_text(json.dumps(flags, indent=1))
+        artifacts.append(store.relative(path))
+        warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
+        return SuiteResult(metrics=metrics, artifacts=artifacts, warnings=warnings)
+
+
+def _write_npz(path: Any, matrix: dict[str, Any]) -> Any:
+    import numpy as np
+
+    with open(path, "wb") as fh:
+        np.savez(fh, attempts=np.asarray(matrix["attempts"], dtype=np.int64),
+                 successes=np.asarray(matrix["successes"], dtype=np.int64),
+                 class_names=np.asarray(matrix["class_names"]))
+    return path
