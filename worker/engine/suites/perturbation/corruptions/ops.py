@@ -1,0 +1,156 @@
+"""Tensor building blocks shared by the corruptions: filters, zoom, shifts, colour, fractals.
+
+Every function takes and returns N x C x H x W float tensors on any device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .rng import SampleRandom
+
+#: ITU-R 601 luma weights (what OpenCV's RGB2GRAY uses).
+LUMA = (0.299, 0.587, 0.114)
+
+
+def gray(x: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W luma (a single-channel image is returned as it is)."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
+    """Pad H by ph and W by pw; reflection falls back to edge replication on tiny images."""
+    if ph == 0 and pw == 0:
+        return x
+    if mode == "reflect" and (ph >= x.shape[-2] or pw >= x.shape[-1]):
+        mode = "replicate"
+    return F.pad(x, (pw, pw, ph, ph), mode=mode)
+
+
+def filter2d(x: torch.Tensor, kernel: torch.Tensor, *, mode: str = "reflect") -> torch.Tensor:
+    """Correlate every channel with one odd-sized 2-D kernel (the same for the whole batch)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel.shape
+    k = kernel.to(x.device, x.dtype).view(1, 1, kh, kw)
+    y = _pad(x.reshape(n * c, 1, h, w), kh // 2, kw // 2, mode)
+    return F.conv2d(y, k).view(n, c, h, w)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Normalised Gaussian taps with radius int(truncate * sigma + 0.5) (scipy's convention)."""
+    radius = int(truncate * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, float], *, truncate: float = 4.0,
+                  mode: str = "replicate") -> torch.Tensor:
+    """Separable Gaussian blur; ``sigma`` may differ per axis (H, W)."""
+    sh, sw = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
+    kh = gaussian_kernel1d(sh, truncate)
+    kw = gaussian_kernel1d(sw, truncate)
+    y = filter2d(x, kh.view(-1, 1), mode=mode)
+    return filter2d(y, kw.view(1, -1), mode=mode)
+
+
+def disk_kernel(radius: int, alias_blur: float) -> torch.Tensor:
+    """ImageNet-C's defocus kernel: an aliased disk, lightly Gaussian-blurred (3x3, or 5x5 above r=8)."""
+    half = max(8, radius)
+    t = torch.arange(-half, half + 1, dtype=torch.float64)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    disk = ((xx ** 2 + yy ** 2) <= radius ** 2).double()
+    disk /= disk.sum()
+    size = 3 if radius <= 8 else 5
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (r / alias_blur) ** 2)
+    g /= g.sum()
+    blurred = filter2d(disk.view(1, 1, *disk.shape), torch.outer(g, g), mode="reflect")
+    return blurred[0, 0].float()
+
+
+def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Zoom into the centre by ``factor`` >= 1 (bilinear, corners aligned) and keep the input size."""
+    h, w = x.shape[-2:]
+    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[..., top:top + ch, left:left + cw]
+    size = (max(h, round(ch * factor)), max(w, round(cw * factor)))
+    out = F.interpolate(crop, size=size, mode="bilinear", align_corners=True)
+    return out[..., :h, :w]
+
+
+def shift_gather(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Shift each sample by its own integer (dx, dy), repeating the edge: out[y, x] = in[y - dy, x - dx]."""
+    n, _, h, w = x.shape
+    ys = (torch.arange(h, device=x.device).view(1, h) - dy.view(n, 1)).clamp(0, h - 1)
+    xs = (torch.arange(w, device=x.device).view(1, w) - dx.view(n, 1)).clamp(0, w - 1)
+    rows = torch.gather(x, 2, ys.view(n, 1, h, 1).expand(n, x.shape[1], h, w))
+    return torch.gather(rows, 3, xs.view(n, 1, 1, w).expand(n, x.shape[1], h, w))
+
+
+def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle_deg: torch.Tensor) -> torch.Tensor:
+    """ImageNet-C's motion blur: a half-Gaussian-weighted sum of shifts along each sample's angle.
+
+    Taps whose shift leaves the image are dropped (not renormalised), as in the reference.
+    """
+    n, _, h, w = x.shape
+    width = 2 * radius + 1
+    taps = torch.arange(width, dtype=torch.float64)
+    weights = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    weights = (weights / weights.sum()).to(x.dtype)
+    rad = torch.deg2rad(angle_deg.double().cpu())
+    sin, cos = torch.sin(rad), torch.cos(rad)
+    out = torch.zeros_like(x)
+    alive = torch.ones(n, dtype=torch.bool)
+    for i in range(width):
+        dy = -torch.ceil(i * sin - 0.5).long()
+        dx = -torch.ceil(i * cos - 0.5).long()
+        alive &= (dy.abs() < h) & (dx.abs() < w)
+        if not alive.any():
+            break
+        wi = (weights[i] * alive.to(x.dtype)).to(x.device).view(n, 1, 1, 1)
+        out = out + wi * shift_gather(x, dx.to(x.device), dy.to(x.device))
+    return out
+
+
+def plasma_fractal(rng: SampleRandom, size: int, decay: float) -> torch.Tensor:
+    """Diamond-square height maps (N x size x size, values in [0, 1]); ``size`` a power of two."""
+    if size & (size - 1):
+        raise ValueError(f"plasma size must be a power of two, got {size}")
+    n = len(rng)
+    grid = torch.zeros(n, size, size, dtype=torch.float64)
+    step, wibble = size, 100.0
+
+    def jitter(t: torch.Tensor) -> torch.Tensor:
+        return t / 4 + rng.uniform(t.shape[1:], -wibble, wibble).cpu().double() * wibble
+
+    while step >= 2:
+        half = step // 2
+        corners = grid[:, 0::step, 0::step]
+        square = corners + corners.roll(-1, dims=1)
+        square = square + square.roll(-1, dims=2)
+        grid[:, half::step, half::step] = jitter(square)
+        centres = grid[:, half::step, half::step]
+        corners = grid[:, 0::step, 0::step]
+        top = centres + centres.roll(1, dims=1) + corners + corners.roll(-1, dims=2)
+        grid[:, 0::step, half::step] = jitter(top)
+        left = centres + centres.roll(1, dims=2) + corners + corners.roll(-1, dims=1)
+        grid[:, half::step, 0::step] = jitter(left)
+        step //= 2
+        wibble /= decay
+    flat = grid.view(n, -1)
+    lo = flat.min(dim=1).values.view(n, 1, 1)
+    grid = grid - lo
+    hi = grid.view(n, -1).max(dim=1).values.clamp_min(1e-12).view(n, 1, 1)
+    return (grid / hi).float().to(rng.device)
+
+
+def next_power_of_two(v: int) -> int:
+    return 1 if v <= 1 else 2 ** (v - 1).bit_length()
