@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
+from .perturbation.suite import PerturbationSuite
 
 SUITES: dict[str, type[Suite]] = {
     CleanSuite.name: CleanSuite,
+    PerturbationSuite.name: PerturbationSuite,
 }
 
 
