@@ -12,7 +12,7 @@ DEMO_MODEL := worker/engine/assets/demo/digits_cnn.pt
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,biggan]'
 	touch $(STAMP)
 
 install: $(STAMP)

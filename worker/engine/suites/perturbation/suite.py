@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ...generators import LoadedGenerator
 from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult, Warning_
@@ -64,7 +66,10 @@ class PerturbationSuite(Suite):
         if g["enabled"]:
             out["geometric"] = geometric_part.run(ctx, samples, g, progress)
         if gl["enabled"]:
-            out["generator_layers"] = generator_part.run(ctx, samples, gl, progress, self._generators)
+            # TorchScript's profiling executor re-optimises the backward graph for every new batch
+            # shape (seconds each on a CPU); seeds come in chunks of varying size, so run unoptimised.
+            with torch.jit.optimized_execution(False):
+                out["generator_layers"] = generator_part.run(ctx, samples, gl, progress, self._generators)
         return out
 
     def merge(self, a: Partial, b: Partial) -> Partial:
