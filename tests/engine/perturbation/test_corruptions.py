@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine.perturbation.reference_corruptions import reference, picture
+from tests.engine.perturbation.reference_corruptions import picture, reference
 from worker.engine.suites.perturbation.corruptions import CORRUPTIONS, SEVERITIES, SampleRandom, corrupt
 
 pytest.importorskip("imagecorruptions")

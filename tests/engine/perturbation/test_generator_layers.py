@@ -14,8 +14,16 @@ from tests.tiny import tiny_classifier
 from worker.engine.generators import GeneratorError, biggan_layers, load_generator
 from worker.engine.generators.hooks import perturb, record
 from worker.engine.models import load_classifier
-from worker.engine.suites.perturbation.generator_layers import (AttackSettings, OutputFit, Spread, attack,
-                                                                fixed_budget, growing_budget, layer_spreads, margins)
+from worker.engine.suites.perturbation.generator_layers import (
+    AttackSettings,
+    OutputFit,
+    Spread,
+    attack,
+    fixed_budget,
+    growing_budget,
+    layer_spreads,
+    margins,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "worker" / "engine" / "assets" / "demo"
@@ -45,7 +53,8 @@ def test_hook_adds_delta_at_exactly_that_layer(digits_gen):
 
 
 def test_spread_is_the_per_unit_std_or_range_of_the_reference_batch(digits_gen):
-    s = layer_spreads(digits_gen, ["fc", "block2"], batch=16, kind=Spread.STD, generator=torch.Generator().manual_seed(3))
+    s = layer_spreads(digits_gen, ["fc", "block2"], batch=16, kind=Spread.STD,
+                      generator=torch.Generator().manual_seed(3))
     r = layer_spreads(digits_gen, ["block2"], batch=16, kind=Spread.RANGE, generator=torch.Generator().manual_seed(3))
     z = digits_gen.sample_latents(16, torch.Generator().manual_seed(3))
     y = torch.arange(16) % 10
@@ -61,7 +70,8 @@ def test_attack_success_is_real_and_budgets_are_respected(digits_gen):
     fit = OutputFit(digits_gen.card.output_size, clf.card, resize=False)
     z = digits_gen.sample_latents(12, torch.Generator().manual_seed(5))
     y = torch.arange(12) % 10
-    spread = layer_spreads(digits_gen, ["fc"], batch=64, kind=Spread.STD, generator=torch.Generator().manual_seed(0))["fc"]
+    spread = layer_spreads(digits_gen, ["fc"], batch=64, kind=Spread.STD,
+                           generator=torch.Generator().manual_seed(0))["fc"]
     with torch.no_grad():
         clean_pred = clf(fit(digits_gen.model(z, y))).argmax(1)
     tiny = attack(digits_gen, clf, fit, "fc", z, y, y, spread, fixed_budget(1e-6), SETTINGS.steps, SETTINGS)

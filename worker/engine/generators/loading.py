@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -61,8 +61,8 @@ class LoadedGenerator:
         return next(self.model.parameters()).device
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        sampler = getattr(self.model, "sample_latents")
-        out: torch.Tensor = sampler(n, generator=generator)
+        sampler = cast(Callable[..., torch.Tensor], self.model.sample_latents)
+        out = sampler(n, generator=generator)
         return out.to(self.device)
 
     def describe(self) -> dict[str, Any]:
@@ -92,7 +92,8 @@ def load_generator(path: str | Path, card: GeneratorCard | str | Path | dict[str
         try:
             model.get_submodule(name)
         except AttributeError:
-            raise GeneratorError(f"the generator card lists layer {name!r}, which {gcard.arch!r} does not have") from None
+            raise GeneratorError(f"the generator card lists layer {name!r}, which {gcard.arch!r} "
+                                 "does not have") from None
     loaded = LoadedGenerator(model=model, card=gcard, sha256=sha256_file(p), path=p)
     _probe(loaded)
     return loaded

@@ -95,7 +95,8 @@ def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress:
     spreads = layer_spreads(gen, layers, batch=params["reference_batch"], kind=Spread(params["spread"]),
                             generator=ctx.generator(SPREAD_SALT))
     for layer in layers:
-        outcomes = {k: {"fixed": [], "eps_at_success": None} for k in kept}
+        fixed_hits: dict[str, list[bool]] = {k: [] for k in kept}
+        eps_hits: dict[str, float | None] = {k: None for k in kept}
         best: dict[str, tuple[torch.Tensor, torch.Tensor, int, float]] = {}
         for start in range(0, len(kept), CHUNK):
             ks = kept[start:start + CHUNK]
@@ -109,7 +110,7 @@ def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress:
                                settings.steps, settings)
                     for j, k in enumerate(ks):
                         ok = bool(r.success[j])
-                        outcomes[k]["fixed"].append(ok)
+                        fixed_hits[k].append(ok)
                         if ok and (k not in best or eps < best[k][3]):
                             best[k] = (clean[j], r.images[j], int(r.preds[j]), float(eps))
             if "growing" in params["modes"]:
@@ -117,10 +118,10 @@ def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress:
                 r = attack(gen, clf, fit, layer, zc, yg, ym, spreads[layer], budget, steps, settings)
                 for j, k in enumerate(ks):
                     if bool(r.success[j]):
-                        outcomes[k]["eps_at_success"] = float(r.eps[j])
+                        eps_hits[k] = float(r.eps[j])
                         best[k] = (clean[j], r.images[j], int(r.preds[j]), float(r.eps[j]))
         for k in kept:
-            seeds[k]["layers"][layer] = outcomes[k]
+            seeds[k]["layers"][layer] = {"fixed": fixed_hits[k], "eps_at_success": eps_hits[k]}
         result["examples"][layer] = [
             {"seed": k, "label": seeds[k]["label"], "pred": best[k][2], "eps": best[k][3],
              "original": thumbnail(best[k][0]), "perturbed": thumbnail(best[k][1])}
@@ -139,9 +140,9 @@ def draw_seeds(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], ge
     for sid, lab in zip(samples.ids, samples.labels.tolist()):
         if not selected(sid, params["sample_fraction"]):
             continue
-        for k in range(params["seeds_per_sample"]):
-            key = f"{sid}#{k}"
-            g = torch.Generator().manual_seed(sample_seed(ctx.seed, sid, "latent", k))
+        for index in range(params["seeds_per_sample"]):
+            key = f"{sid}#{index}"
+            g = torch.Generator().manual_seed(sample_seed(ctx.seed, sid, "latent", index))
             z = gen.sample_latents(1, g)[0].cpu()
             if gen.card.conditional and lab not in mapping:
                 seeds[key] = {"sample": sid, "label": lab, "kept": False, "reason": "class not in the generator",
@@ -156,8 +157,9 @@ def draw_seeds(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], ge
     y_gen = torch.tensor([draws[k][1] for k in keys], dtype=torch.long)
     y_model = torch.tensor([draws[k][2] for k in keys], dtype=torch.long)
     with torch.no_grad():
-        preds = torch.cat([clf.logits(fit(gen.model(z[s:s + CHUNK].to(clf.device), y_gen[s:s + CHUNK].to(clf.device))))
-                           .argmax(1).cpu() for s in range(0, len(keys), CHUNK)])
+        preds = torch.cat([
+            clf.logits(fit(gen.model(z[s:s + CHUNK].to(clf.device), y_gen[s:s + CHUNK].to(clf.device))))
+            .argmax(1).cpu() for s in range(0, len(keys), CHUNK)])
     if not gen.card.conditional:
         y_model = preds.clone()
     for j, k in enumerate(keys):
@@ -204,7 +206,8 @@ def metrics(part: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     n = len(kept)
     out: dict[str, Any] = {
         "seeds_drawn": metric(len(seeds), Unit.COUNT, len(seeds), "seeds (latent, class) drawn"),
-        "seeds_kept": metric(n, Unit.COUNT, len(seeds), "seeds the model classifies as their class (the ones attacked)"),
+        "seeds_kept": metric(n, Unit.COUNT, len(seeds),
+                             "seeds the model classifies as their class (the ones attacked)"),
     }
     for layer in part["layers"]:
         rows = [s["layers"][layer] for s in kept]

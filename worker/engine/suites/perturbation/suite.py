@@ -46,7 +46,8 @@ class PerturbationSuite(Suite):
         g = params["generator_layers"]
         if g["enabled"] and "growing" in g["modes"] and g["max_eps"] / g["eps_growth"] > MAX_GROWING_STEPS:
             raise SpecError(f"{self.name}.generator_layers: max_eps / eps_growth is "
-                            f"{g['max_eps'] / g['eps_growth']:.0f} steps; at most {MAX_GROWING_STEPS}: raise eps_growth",
+                            f"{g['max_eps'] / g['eps_growth']:.0f} steps; at most {MAX_GROWING_STEPS}: "
+                            "raise eps_growth",
                             errors={f"{self.name}.generator_layers.eps_growth": "too small for max_eps"})
         if g["card"] and not g["generator"]:
             raise SpecError(f"{self.name}.generator_layers.card is set but generator is not: give the weights too")
@@ -106,7 +107,8 @@ class PerturbationSuite(Suite):
                     shown = gl["examples"].get(layer, [])[:gp["examples"]]
                     if shown:
                         path = ctx.artifacts.path(self.name, f"generator_{generator_part.layer_key(layer)}.png")
-                        example_grid(shown, path, title=f"layer {layer}", class_names=list(ctx.classifier.card.class_names))
+                        example_grid(shown, path, title=f"layer {layer}",
+                                     class_names=list(ctx.classifier.card.class_names))
                         artifacts.append(ctx.artifacts.relative(path))
                 kept = metrics["generator_layers"]["seeds_kept"]["value"]
                 drawn = metrics["generator_layers"]["seeds_drawn"]["value"]
