@@ -34,12 +34,27 @@ def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
 
 
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, *, mode: str = "reflect") -> torch.Tensor:
-    """Correlate every channel with one odd-sized 2-D kernel (the same for the whole batch)."""
+    """Correlate every channel with one odd-sized 2-D kernel (the same for the whole batch).
+
+    A 1-D kernel runs as a sum of shifted copies, a 2-D one as a product of FFTs of the padded
+    image: on a CPU both are an order of magnitude faster than a one-channel ``conv2d``.
+    """
     n, c, h, w = x.shape
     kh, kw = kernel.shape
-    k = kernel.to(x.device, x.dtype).view(1, 1, kh, kw)
-    y = _pad(x.reshape(n * c, 1, h, w), kh // 2, kw // 2, mode)
-    return F.conv2d(y, k).view(n, c, h, w)
+    k = kernel.to(x.device, x.dtype)
+    y = _pad(x.reshape(n * c, h, w)[:, None], kh // 2, kw // 2, mode)[:, 0]
+    if kh == 1 or kw == 1:
+        taps = k.flatten()
+        dim = -1 if kh == 1 else -2
+        size = w if kh == 1 else h
+        out = taps[0] * y.narrow(dim, 0, size)
+        for i in range(1, taps.numel()):
+            out = out + taps[i] * y.narrow(dim, i, size)
+        return out.view(n, c, h, w)
+    ph, pw = y.shape[-2:]
+    spectrum = torch.fft.rfft2(y) * torch.fft.rfft2(k.flip(0, 1), s=(ph, pw))
+    full = torch.fft.irfft2(spectrum, s=(ph, pw))
+    return full[:, kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].reshape(n, c, h, w)
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
