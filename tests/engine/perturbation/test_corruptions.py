@@ -19,9 +19,11 @@ structural_similarity = pytest.importorskip("skimage.metrics").structural_simila
 
 DETERMINISTIC = ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression")
 # Bands for the random corruptions: |SSIM ours - SSIM reference| and the ratio of mean changes.
-# The weather layers are random textures (and our frost layer is procedural), so their band is wider.
-SSIM_BAND = {"snow": 0.08, "frost": 0.08, "fog": 0.06, "glass_blur": 0.06}
-CHANGE_BAND = {"snow": 0.2, "frost": 0.25, "fog": 0.15, "glass_blur": 0.2}
+# The weather layers are random textures (and our frost layer is procedural), so their band is wider;
+# the reference's impulse noise draws from scikit-image's own unseeded generator, so its
+# statistics vary from run to run (a few salt-and-pepper pixels at severity 1).
+SSIM_BAND = {"snow": 0.08, "frost": 0.08, "fog": 0.06, "glass_blur": 0.06, "impulse_noise": 0.05}
+CHANGE_BAND = {"snow": 0.2, "frost": 0.25, "fog": 0.15, "glass_blur": 0.2, "impulse_noise": 0.3}
 SEEDS = 4
 
 

@@ -136,17 +136,32 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle_deg: torch.Ten
 
 
 def plasma_fractal(rng: SampleRandom, size: int, decay: float) -> torch.Tensor:
-    """Diamond-square height maps (N x size x size, values in [0, 1]); ``size`` a power of two."""
+    """Diamond-square height maps (N x size x size, values in [0, 1]); ``size`` a power of two.
+
+    Each sample's random numbers for every level are drawn in one call (a flat block that the
+    levels slice), which keeps the per-sample streams and avoids a draw per level and sample.
+    """
     if size & (size - 1):
         raise ValueError(f"plasma size must be a power of two, got {size}")
     n = len(rng)
+    levels = []
+    step = size
+    while step >= 2:
+        levels.append(step)
+        step //= 2
+    counts = [(size // s) ** 2 for s in levels]
+    noise = rng.uniform((3 * sum(counts),), -1.0, 1.0).cpu().double()
     grid = torch.zeros(n, size, size, dtype=torch.float64)
-    step, wibble = size, 100.0
+    wibble, offset = 100.0, 0
 
     def jitter(t: torch.Tensor) -> torch.Tensor:
-        return t / 4 + rng.uniform(t.shape[1:], -wibble, wibble).cpu().double() * wibble
+        nonlocal offset
+        count = t.shape[1] * t.shape[2]
+        u = noise[:, offset:offset + count].view(t.shape)
+        offset += count
+        return t / 4 + u * wibble * wibble
 
-    while step >= 2:
+    for step in levels:
         half = step // 2
         corners = grid[:, 0::step, 0::step]
         square = corners + corners.roll(-1, dims=1)
@@ -158,11 +173,9 @@ def plasma_fractal(rng: SampleRandom, size: int, decay: float) -> torch.Tensor:
         grid[:, 0::step, half::step] = jitter(top)
         left = centres + centres.roll(1, dims=2) + corners + corners.roll(-1, dims=1)
         grid[:, half::step, 0::step] = jitter(left)
-        step //= 2
         wibble /= decay
     flat = grid.view(n, -1)
-    lo = flat.min(dim=1).values.view(n, 1, 1)
-    grid = grid - lo
+    grid = grid - flat.min(dim=1).values.view(n, 1, 1)
     hi = grid.view(n, -1).max(dim=1).values.clamp_min(1e-12).view(n, 1, 1)
     return (grid / hi).float().to(rng.device)
 
