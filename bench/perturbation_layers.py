@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.engine.datasets import DataRoots, DatasetRef, load_samples  # noqa: E402
@@ -47,7 +49,9 @@ def main() -> None:
     ap.add_argument("--eps", type=float, nargs="+", default=[2.0, 4.0, 8.0, 16.0])
     ap.add_argument("--eps-growth", type=float, default=0.5)
     ap.add_argument("--max-eps", type=float, default=32.0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared small CPU)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     gl = {"eps": args.eps, "steps": args.steps, "eps_growth": args.eps_growth, "max_eps": args.max_eps,
           "examples": 4}
     results = {}

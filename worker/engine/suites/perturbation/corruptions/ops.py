@@ -103,11 +103,11 @@ def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def shift_gather(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Shift each sample by its own integer (dx, dy), repeating the edge: out[y, x] = in[y - dy, x - dx]."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     ys = (torch.arange(h, device=x.device).view(1, h) - dy.view(n, 1)).clamp(0, h - 1)
     xs = (torch.arange(w, device=x.device).view(1, w) - dx.view(n, 1)).clamp(0, w - 1)
-    rows = torch.gather(x, 2, ys.view(n, 1, h, 1).expand(n, x.shape[1], h, w))
-    return torch.gather(rows, 3, xs.view(n, 1, 1, w).expand(n, x.shape[1], h, w))
+    flat = (ys[:, :, None] * w + xs[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return torch.gather(x.reshape(n, c, h * w), 2, flat).view(n, c, h, w)
 
 
 def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle_deg: torch.Tensor) -> torch.Tensor:
@@ -121,17 +121,16 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle_deg: torch.Ten
     weights = torch.exp(-taps ** 2 / (2 * sigma ** 2))
     weights = (weights / weights.sum()).to(x.dtype)
     rad = torch.deg2rad(angle_deg.double().cpu())
-    sin, cos = torch.sin(rad), torch.cos(rad)
+    steps = torch.arange(width, dtype=torch.float64).view(width, 1)
+    dys = -torch.ceil(steps * torch.sin(rad).view(1, n) - 0.5).long()  # (width, N)
+    dxs = -torch.ceil(steps * torch.cos(rad).view(1, n) - 0.5).long()
+    # A tap counts while it and every earlier tap stay inside the image (the reference stops there).
+    alive = ((dys.abs() < h) & (dxs.abs() < w)).long().cumprod(dim=0).bool()
+    tap_w = (weights.view(width, 1) * alive.to(x.dtype)).to(x.device)
+    dys, dxs = dys.to(x.device), dxs.to(x.device)
     out = torch.zeros_like(x)
-    alive = torch.ones(n, dtype=torch.bool)
-    for i in range(width):
-        dy = -torch.ceil(i * sin - 0.5).long()
-        dx = -torch.ceil(i * cos - 0.5).long()
-        alive &= (dy.abs() < h) & (dx.abs() < w)
-        if not alive.any():
-            break
-        wi = (weights[i] * alive.to(x.dtype)).to(x.device).view(n, 1, 1, 1)
-        out = out + wi * shift_gather(x, dx.to(x.device), dy.to(x.device))
+    for i in range(int(alive.any(dim=1).sum())):
+        out = out + tap_w[i].view(n, 1, 1, 1) * shift_gather(x, dxs[i], dys[i])
     return out
 
 
