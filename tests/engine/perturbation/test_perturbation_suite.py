@@ -175,6 +175,7 @@ def test_generator_classes_must_match_model_classes(tmp_path):
     ({"corruptions": {"severities": [0]}}, "corruptions.severities: must be >= 1"),
     ({"geometric": {"padding": "wrap"}}, "geometric.padding: must be one of"),
     ({"colour": {}}, "unknown parameter"),
+    ({"generator_layers": {"layers": ["fc", 3]}}, "generator_layers.layers: must be a list of non-empty strings"),
 ])
 def test_bad_parameters_are_spec_errors(raw, message):
     with pytest.raises(SpecError, match=message):
