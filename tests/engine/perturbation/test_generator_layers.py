@@ -136,7 +136,10 @@ def tiny_biggan(tmp_path):
     pkg = pytest.importorskip("pytorch_pretrained_biggan")
     cfg = pkg.BigGANConfig.from_dict({**TINY_BIGGAN, "layers": [tuple(v) for v in TINY_BIGGAN["layers"]]})
     torch.manual_seed(0)
-    net = pkg.BigGAN(cfg)
+    net = pkg.BigGAN(cfg).eval()  # eval: spectral norm uses the stored power-iteration vectors
+    with torch.no_grad():  # the package leaves the final batch norm's affine parameters uninitialised
+        net.generator.bn.weight.fill_(1.0)
+        net.generator.bn.bias.zero_()
     torch.save(net.state_dict(), tmp_path / "biggan.bin")
     card = {"name": "tiny-biggan", "arch": "biggan_deep", "format": "state_dict", "latent_dim": 8, "num_classes": 10,
             "conditional": True, "output_size": [3, 32, 32], "layers": biggan_layers(TINY_BIGGAN),
