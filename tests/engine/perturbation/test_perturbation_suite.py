@@ -180,3 +180,15 @@ def test_generator_classes_must_match_model_classes(tmp_path):
 def test_bad_parameters_are_spec_errors(raw, message):
     with pytest.raises(SpecError, match=message):
         get_suite("perturbation").validate_params(raw)
+
+
+def test_fixed_mode_alone_reports_the_smallest_successful_budget(tmp_path):
+    clf = load_classifier(DEMO / "digits_cnn.pt")
+    gl = {**SMALL["generator_layers"], "modes": ["fixed"], "eps": [4.0, 32.0], "layers": ["fc"]}
+    entry = run({"corruptions": OFF, "geometric": OFF, "generator_layers": gl}, context(tmp_path, clf),
+                digits_samples(6))
+    fc = entry["metrics"]["generator_layers"]["fc"]
+    assert "growing_success_rate" not in fc
+    flipped = fc["median_eps"]["n"]
+    assert flipped >= round(fc["success_rate"]["eps32"]["value"] * fc["success_rate"]["eps32"]["n"]) > 0
+    assert fc["median_eps"]["value"] in (4.0, 18.0, 32.0)

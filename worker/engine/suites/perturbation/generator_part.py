@@ -27,6 +27,7 @@ DEMO_GENERATOR = Path(__file__).resolve().parents[2] / "assets" / "demo" / "digi
 CHUNK = 64
 THUMBNAIL = 64
 SPREAD_SALT = 31
+ASSUMED_LAYERS = 4  # for the progress estimate before the card is read
 
 
 def layer_key(name: str) -> str:
@@ -51,7 +52,7 @@ def layer_units(params: dict[str, Any]) -> int:
 
 def units(params: dict[str, Any]) -> int:
     """Progress units of this part (four layers assumed when the card decides)."""
-    return layer_units(params) * len(params["layers"] or "four") if params["enabled"] else 0
+    return layer_units(params) * len(params["layers"] or range(ASSUMED_LAYERS)) if params["enabled"] else 0
 
 
 def selected(sid: str, fraction: float) -> bool:
@@ -223,9 +224,12 @@ def metrics(part: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
             entry["growing_success_rate"] = metric(_rate([r["eps_at_success"] is not None for r in rows]),
                                                    Unit.FRACTION, n, f"share of seeds flipped at layer {layer!r} "
                                                    f"within eps <= {params['max_eps']:g}", layer=layer)
-            entry["median_eps"] = metric(median(hits), Unit.L2, len(hits), f"median budget (L2 of p, spread units) "
-                                         f"at the first success at layer {layer!r}, over flipped seeds",
-                                         layer=layer)
+            how = "growing mode: the budget in force at the first success"
+        else:
+            hits = [min(e for e, ok in zip(params["eps"], r["fixed"]) if ok) for r in rows if any(r["fixed"])]
+            how = "fixed mode: the smallest budget in eps that succeeded"
+        entry["median_eps"] = metric(median(hits), Unit.L2, len(hits), f"median eps (L2 of p, spread units) at "
+                                     f"success at layer {layer!r}, over flipped seeds ({how})", layer=layer)
         out[layer_key(layer)] = entry
     return out
 
@@ -243,7 +247,8 @@ def metric_paths(params: dict[str, Any]) -> list[str]:
         if "fixed" in params["modes"]:
             paths += [f"generator_layers.{lk}.success_rate.{label('eps', e)}" for e in params["eps"]]
         if "growing" in params["modes"]:
-            paths += [f"generator_layers.{lk}.growing_success_rate", f"generator_layers.{lk}.median_eps"]
+            paths.append(f"generator_layers.{lk}.growing_success_rate")
+        paths.append(f"generator_layers.{lk}.median_eps")
     return paths
 
 
