@@ -107,3 +107,14 @@ def test_bad_arguments_are_refused():
         corrupt(torch.rand(2, 4, 8, 8), "fog", 1, rng)
     with pytest.raises(ValueError, match="one random stream per image"):
         corrupt(x, "fog", 1, SampleRandom.from_seeds([0]))
+
+
+def test_motion_blur_fft_path_equals_the_sum_of_shifts(monkeypatch):
+    from worker.engine.suites.perturbation.corruptions import ops
+
+    x = torch.rand(3, 3, 70, 90, generator=torch.Generator().manual_seed(2))
+    angles = torch.tensor([-40.0, 3.0, 44.0])
+    fft = ops.motion_blur(x, 15, 8.0, angles)
+    monkeypatch.setattr(ops, "MOTION_FFT_MIN_SIDE", 10_000)
+    shifts = ops.motion_blur(x, 15, 8.0, angles)
+    assert torch.allclose(fft, shifts, atol=1e-5)
