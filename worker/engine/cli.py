@@ -201,9 +201,17 @@ def cmd_suites(args: argparse.Namespace) -> int:
         return EXIT_PASS
     for name, cls in SUITES.items():
         print(f"{name}: {cls.description}")
-        for p in cls.params.describe():
-            print(f"  {p['name']} ({p['type']}, default {json.dumps(p['default'])}): {p['help']}")
+        _print_params(cls.params.describe(), "  ")
     return EXIT_PASS
+
+
+def _print_params(params: list[dict[str, Any]], indent: str) -> None:
+    """One line per parameter; an object parameter's fields follow, indented."""
+    for p in params:
+        default = "its fields' defaults" if p.get("fields") and p["default"] is None else json.dumps(p["default"])
+        print(f"{indent}{p['name']} ({p['type']}, default {default}): {p['help']}")
+        if p.get("fields"):
+            _print_params(p["fields"], indent + "  ")
 
 
 def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -24,6 +24,7 @@ class ParamKind(str, Enum):
     INT_LIST = "integer_list"
     FLOAT_LIST = "number_list"
     CHOICE_LIST = "choice_list"
+    STR_LIST = "string_list"
     OBJECT = "object"
 
 
@@ -89,6 +90,10 @@ class Param:
         items: list[Any]
         if kind is ParamKind.CHOICE_LIST:
             items = [self._choice(v) for v in value]
+        elif kind is ParamKind.STR_LIST:
+            if not all(isinstance(v, str) and v for v in value):
+                raise ValueError("must be a list of non-empty strings")
+            items = list(value)
         else:
             items = [self._number(v, integer=kind is ParamKind.INT_LIST) for v in value]
         if len(set(items)) != len(items):
@@ -121,7 +126,7 @@ class Param:
                 d[key] = getattr(self, key)
         if self.choices:
             d["choices"] = list(self.choices)
-        if self.kind in (ParamKind.INT_LIST, ParamKind.FLOAT_LIST, ParamKind.CHOICE_LIST):
+        if self.kind in (ParamKind.INT_LIST, ParamKind.FLOAT_LIST, ParamKind.CHOICE_LIST, ParamKind.STR_LIST):
             d["min_items"], d["max_items"] = self.min_items, self.max_items
         if self.schema is not None:
             d["fields"] = self.schema.describe()

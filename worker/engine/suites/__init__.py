@@ -6,11 +6,13 @@ from .attacks import AttacksSuite
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
 from .fragile import FragileSuite
+from .perturbation.suite import PerturbationSuite
 
 SUITES: dict[str, type[Suite]] = {
     CleanSuite.name: CleanSuite,
     FragileSuite.name: FragileSuite,
     AttacksSuite.name: AttacksSuite,
+    PerturbationSuite.name: PerturbationSuite,
 }
 
 

@@ -1,0 +1,99 @@
+"""3b: accuracy under the ImageNet-C corruptions, per corruption and severity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...metrics import Unit, metric
+from ...samples import SampleSet
+from ..base import SuiteContext
+from .common import Progress, mean, predictions
+from .corruptions import SampleRandom, corrupt, sample_seed
+
+
+def units(params: dict[str, Any]) -> int:
+    return len(params["names"]) * len(params["severities"]) if params["enabled"] else 0
+
+
+def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Per sample id: corruption -> [correct at each requested severity]."""
+    clf = ctx.classifier
+    x = samples.prepared(clf.card)
+    labels = samples.labels.to(clf.device)
+    out: dict[str, dict[str, list[bool]]] = {sid: {} for sid in samples.ids}
+    step = max(1, clf.batch.size)
+    n = len(samples)
+    for name in params["names"]:
+        for severity in params["severities"]:
+            hits: list[bool] = []
+            for start in range(0, n, step):
+                ids = samples.ids[start:start + step]
+                rng = SampleRandom.from_seeds([sample_seed(ctx.seed, sid, name, severity) for sid in ids], clf.device)
+                with torch.no_grad():
+                    images = corrupt(x[start:start + step].to(clf.device), name, severity, rng)
+                    hits.extend(predictions(clf, images).eq(labels[start:start + step]).tolist())
+            for sid, ok in zip(samples.ids, hits):
+                out[sid].setdefault(name, []).append(bool(ok))
+            progress.step()
+    return out
+
+
+def metrics(records: dict[str, dict[str, list[bool]]], clean: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy per corruption and severity, mean corruption error and the drop against clean."""
+    ids = sorted(records)
+    n = len(ids)
+    sev = params["severities"]
+    out: dict[str, Any] = {}
+    errors: list[float] = []
+    accs: list[float] = []
+    clean_acc = mean(bool(clean[i]["correct"]) for i in ids if i in clean) if clean else None
+    rel: list[float] = []
+    for name in params["names"]:
+        per: dict[str, Any] = {}
+        sev_acc = []
+        for j, s in enumerate(sev):
+            acc = mean(records[i][name][j] for i in ids)
+            per[f"s{s}"] = metric(acc, Unit.FRACTION, n, f"top-1 accuracy under {name} at severity {s}",
+                                  corruption=name, severity=s)
+            if acc is not None:
+                sev_acc.append(acc)
+        m = mean(sev_acc)
+        per["mean"] = metric(m, Unit.FRACTION, n, f"top-1 accuracy under {name}, averaged over severities {sev}")
+        err = None if m is None else 1.0 - m
+        per["error"] = metric(err, Unit.FRACTION, n, f"top-1 error under {name}, averaged over severities {sev} "
+                              "(ImageNet-C's CE before the AlexNet normalisation)")
+        out[name] = per
+        if err is not None:
+            errors.append(err)
+            accs.extend(sev_acc)
+            if clean_acc is not None:
+                rel.append(err - (1.0 - clean_acc))
+    mce = mean(errors)
+    out["mce"] = metric(mce, Unit.FRACTION, n, "mean corruption error: the mean over corruptions of the error "
+                        "averaged over severities; unnormalised (ImageNet-C divides each corruption's error by "
+                        "AlexNet's, which has no counterpart for an arbitrary model and dataset)",
+                        corruptions=len(errors))
+    out["relative_mce"] = metric(mean(rel), Unit.FRACTION, n, "mean over corruptions of (corruption error - clean "
+                                 "error), unnormalised relative mCE")
+    mean_acc = mean(accs)
+    out["mean_accuracy"] = metric(mean_acc, Unit.FRACTION, n, "top-1 accuracy averaged over every corruption "
+                                  "and severity")
+    out["clean"] = metric(clean_acc, Unit.FRACTION, n, "top-1 accuracy of the same samples uncorrupted")
+    drop = None if clean_acc is None or mean_acc is None else clean_acc - mean_acc
+    out["drop"] = metric(drop, Unit.FRACTION, n, "clean accuracy minus mean corrupted accuracy")
+    out["relative_drop"] = metric(None if drop is None or not clean_acc else drop / clean_acc, Unit.RATIO, n,
+                                  "drop divided by the clean accuracy")
+    return out
+
+
+def metric_paths(params: dict[str, Any]) -> list[str]:
+    if not params["enabled"]:
+        return []
+    paths = []
+    for name in params["names"]:
+        paths += [f"corruptions.{name}.s{s}" for s in params["severities"]]
+        paths += [f"corruptions.{name}.mean", f"corruptions.{name}.error"]
+    return paths + [f"corruptions.{k}" for k in ("mce", "relative_mce", "mean_accuracy", "clean", "drop",
+                                                  "relative_drop")]
