@@ -16,7 +16,7 @@ from worker.engine.datasets import DataRoots
 
 from ..audits import build_request, cancel_audit, create_audit, find_idempotent, request_hash
 from ..store.models import Audit, AuditStatus, utcnow
-from .auth import authenticate, tenant
+from .auth import authenticate, owned, tenant
 from .context import services
 from .errors import ApiError
 from .models_api import get_model, upload_model
@@ -90,10 +90,8 @@ def _json(raw: str | bytes, what: str) -> dict[str, Any]:
 
 
 def get_audit(session: Any, audit_id: str) -> Audit:
-    audit = session.get(Audit, audit_id)
-    if audit is None or audit.tenant != tenant():
-        raise ApiError(404, f"no audit {audit_id!r}")
-    return audit
+    """The tenant's audit, or 404."""
+    return owned(session, Audit, audit_id, "audit")
 
 
 @blp.route("")

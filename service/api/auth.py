@@ -4,6 +4,7 @@ each maps to a tenant, and everything a request touches is filtered by that tena
 from __future__ import annotations
 
 import hmac
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
@@ -32,3 +33,14 @@ def authenticate() -> None:
 
 def tenant() -> str:
     return str(g.tenant)
+
+
+T = TypeVar("T")
+
+
+def owned(session: Any, row_type: type[T], row_id: str, noun: str) -> T:
+    """The current tenant's row, or 404: another tenant's rows do not exist for this one."""
+    row = session.get(row_type, row_id)
+    if row is None or row.tenant != tenant():
+        raise ApiError(404, f"no {noun} {row_id!r}")
+    return row

@@ -13,7 +13,7 @@ from werkzeug.datastructures import FileStorage
 from ..storage import UploadTooLarge
 from ..store.models import Model
 from ..uploads import register_model
-from .auth import authenticate, tenant
+from .auth import authenticate, owned, tenant
 from .context import services
 from .errors import ApiError
 from .pages import paginate
@@ -75,8 +75,5 @@ class ModelById(MethodView):
 
 
 def get_model(session: Any, model_id: str) -> Model:
-    """The tenant's model, or 404 (another tenant's model does not exist for this one)."""
-    model = session.get(Model, model_id)
-    if model is None or model.tenant != tenant():
-        raise ApiError(404, f"no model {model_id!r}")
-    return model
+    """The tenant's model, or 404."""
+    return owned(session, Model, model_id, "model")

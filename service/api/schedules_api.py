@@ -14,7 +14,7 @@ from ..audits import build_request, runs_with_deltas
 from ..scheduler import next_run, valid_cron
 from ..store.models import Audit, Schedule, utcnow
 from .audits_api import load_body
-from .auth import authenticate, tenant
+from .auth import authenticate, owned, tenant
 from .context import services
 from .errors import ApiError
 from .models_api import get_model
@@ -27,10 +27,8 @@ blp.before_request(authenticate)
 
 
 def get_schedule(session: Any, schedule_id: str) -> Schedule:
-    sched = session.get(Schedule, schedule_id)
-    if sched is None or sched.tenant != tenant():
-        raise ApiError(404, f"no schedule {schedule_id!r}")
-    return sched
+    """The tenant's schedule, or 404."""
+    return owned(session, Schedule, schedule_id, "schedule")
 
 
 @blp.route("")

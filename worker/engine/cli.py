@@ -8,6 +8,7 @@ error, 130 cancelled (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -128,14 +129,29 @@ def _dataset_object(ref: str) -> dict[str, Any]:
     return DatasetRef.parse(ref).to_dict()
 
 
+def headline_values(name: str, metrics: dict[str, Any], limit: int = 12) -> list[tuple[str, Any]]:
+    """The suite's headline metrics (its ``headline`` patterns), else its first top-level ones."""
+    from .metrics import iter_leaves
+    from .suites import SUITES
+
+    patterns = SUITES[name].headline if name in SUITES else ()
+    leaves = list(iter_leaves(metrics))
+    if patterns:
+        chosen = [(p, leaf) for pat in patterns for p, leaf in leaves if fnmatch.fnmatchcase(p, pat)]
+    else:
+        chosen = [(p, leaf) for p, leaf in leaves if "." not in p]
+    return [(p, leaf["value"]) for p, leaf in chosen[:limit]]
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """A few lines for a person: headline metrics and each gate."""
+    """A few lines for a person: headline metrics, warnings and each gate."""
     lines = [f"model {report['model']['sha256'][:12]} on {report['dataset']['n_samples']} samples "
              f"({report['environment']['device']})"]
     for name, suite in report["suites"].items():
-        heads = [(k, v) for k, v in suite["metrics"].items() if isinstance(v, dict) and "value" in v][:4]
-        shown = ", ".join(f"{k}={v['value']:.4g}" for k, v in heads if v["value"] is not None)
-        lines.append(f"  {name:<12} {suite['status']:<9} {suite['seconds']:7.2f}s  {shown}")
+        lines.append(f"  {name:<12} {suite['status']:<9} {suite['seconds']:7.2f}s")
+        shown = [f"{p}={v:.4g}" for p, v in headline_values(name, suite["metrics"]) if v is not None]
+        for i in range(0, len(shown), 3):
+            lines.append("      " + "   ".join(shown[i:i + 3]))
         for w in suite["warnings"]:
             lines.append(f"    warning [{w['code']}]: {w['message']}")
     for g in report["gates"]:

@@ -126,6 +126,8 @@ class Suite(ABC):
     requires: ClassVar[tuple[str, ...]] = ("clean",)
     #: parameters small enough for `make demo` on two CPU cores (a few seconds to a minute).
     demo_params: ClassVar[dict[str, Any]] = {}
+    #: metric paths (fnmatch patterns) a person sees first in a summary.
+    headline: ClassVar[tuple[str, ...]] = ()
 
     def validate_params(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validated parameters with defaults; raise SpecError. Override to add cross-field checks."""

@@ -23,6 +23,7 @@ class CleanSuite(Suite):
     name = "clean"
     description = "Accuracy, per-class accuracy, confidence and calibration on the clean images."
     requires = ()
+    headline = ("top1", "top5", "ece")
     params = ParamSchema((
         Param("ece_bins", ParamKind.INT, 15, "equal-width confidence bins for the expected calibration error",
               minimum=2, maximum=100),

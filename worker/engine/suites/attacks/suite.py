@@ -34,6 +34,7 @@ class AttacksSuite(Suite):
                    "minimal perturbations (FMN), targeted all-pairs modify/mimic rates, misclassification classes, "
                    "source-image suitability, sanity flags.")
     params = SCHEMA
+    headline = ("robust_accuracy.*.*", "minimal_perturbation.*.median", "targeted.success_rate")
     demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0], "pgd_steps": 10, "cw_steps": 20,
                    "cw_search_steps": 2, "minimal_steps": 50, "targeted_eps": 0.2, "targeted_steps": 10,
                    "targeted_fraction": 0.5}

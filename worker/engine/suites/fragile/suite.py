@@ -68,6 +68,7 @@ class FragileSuite(Suite):
     description = ("Fragile recognition images: fraction of image regions whose classification flips when "
                    "the region is moved by one pixel or shrunk by two (loose/strict shift/shrink FRIs).")
     params = PARAMS
+    headline = ("r*.region_accuracy.mean", "r*.loose_shift.overall.mean", "r*.strict_shift.overall.mean")
     demo_params = {"region_fractions": [0.7, 0.9], "example_pairs": 2}
 
     # -- validation ---------------------------------------------------------------------------

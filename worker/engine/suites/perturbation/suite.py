@@ -28,6 +28,8 @@ class PerturbationSuite(Suite):
     description = ("Feature perturbations at generator layers (coarse -> fine), the 15 ImageNet-C corruptions at "
                    "5 severities, and rotations/translations/scales with the worst case per sample.")
     params = SCHEMA
+    headline = ("corruptions.mean_accuracy", "corruptions.drop", "geometric.worst_case",
+                "generator_layers.*.median_eps")
     demo_params = {
         "corruptions": {"names": ["gaussian_noise", "defocus_blur", "fog", "contrast", "jpeg_compression",
                                   "elastic_transform"], "severities": [1, 3, 5]},
