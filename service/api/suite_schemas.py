@@ -40,6 +40,7 @@ _FIELD_BUILDERS: dict[ParamKind, Callable[[Param, str], fields.Field]] = {
     ParamKind.FLOAT_LIST: lambda p, _: fields.List(fields.Float(validate=_bounds(p)), validate=_items(p)),
     ParamKind.CHOICE_LIST: lambda p, _: fields.List(fields.String(validate=validate.OneOf(p.choices)),
                                                     validate=_items(p)),
+    ParamKind.JSON: lambda p, _: fields.Raw(),
     ParamKind.OBJECT: lambda p, name: fields.Nested(params_schema(p.schema or ParamSchema(), name)),
 }
 
