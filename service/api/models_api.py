@@ -74,9 +74,15 @@ class ModelById(MethodView):
             return get_model(s, model_id)
 
 
-def get_model(session: Any, model_id: str) -> Model:
-    """The tenant's model, or 404 (another tenant's model does not exist for this one)."""
+def find_model(session: Any, model_id: str) -> Model | None:
+    """The tenant's model, or None (another tenant's model does not exist for this one)."""
     model = session.get(Model, model_id)
-    if model is None or model.tenant != tenant():
+    return model if model is not None and model.tenant == tenant() else None
+
+
+def get_model(session: Any, model_id: str) -> Model:
+    """The tenant's model, or 404."""
+    model = find_model(session, model_id)
+    if model is None:
         raise ApiError(404, f"no model {model_id!r}")
     return model
