@@ -85,16 +85,20 @@ def mask_plot(path: Path, title: str, mask: list[list[float]], image: list[list[
               perturbation: list[list[float]] | None) -> Path:
     """The mask, and an example: the clean image with the mask outlined, and |perturbation|."""
     plt = _pyplot()
-    panels = [("mask", mask, "gray")]
+    panels: list[tuple[str, list[list[float]], str, float | None]] = [("mask (yellow)", mask, "viridis", 1.0)]
     if image is not None:
-        panels.append(("example image", image, "gray"))
+        panels.append(("example image, mask outlined", image, "gray", 1.0))
     if perturbation is not None:
-        panels.append(("|perturbation| (untargeted)", perturbation, "magma"))
+        failed = max(map(max, perturbation), default=0.0) == 0.0
+        panels.append(("|perturbation|: failed within the cap" if failed else "|perturbation| (untargeted)",
+                       perturbation, "magma", None))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
-    for ax, (label, data, cmap) in zip(axes[0], panels):
-        ax.imshow(data, cmap=cmap, interpolation="nearest")
-        if label == "example image":
+    for k, (ax, (label, data, cmap, top)) in enumerate(zip(axes[0], panels)):
+        shown = ax.imshow(data, cmap=cmap, interpolation="nearest", vmin=0.0, vmax=top)
+        if k == 1:
             ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
+        if top is None:
+            fig.colorbar(shown, ax=ax, fraction=0.046)
         ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

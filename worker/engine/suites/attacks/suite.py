@@ -39,8 +39,8 @@ class AttacksSuite(Suite):
     params = SCHEMA
     demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0], "pgd_steps": 10, "cw_steps": 20,
                    "cw_search_steps": 2, "minimal_steps": 50, "targeted_eps": 0.2, "targeted_steps": 10,
-                   "targeted_fraction": 0.5, "regional": True, "regional_steps": 30, "regional_step": 0.02,
-                   "loss_comparison": True, "loss_steps": 30, "loss_step": 0.01}
+                   "targeted_fraction": 0.5, "regional": True, "regional_steps": 20, "regional_step": 0.03,
+                   "loss_comparison": True, "loss_steps": 20, "loss_step": 0.02}
 
     def validate_params(self, raw: Any) -> dict[str, Any]:
         return check(super().validate_params(raw))
