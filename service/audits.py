@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from worker.engine.card import ModelCard
 from worker.engine.datasets import DataRoots
+from worker.engine.errors import SpecError
 from worker.engine.runner import check_placeholder_gates
 from worker.engine.spec import AuditSpec
 
@@ -22,14 +23,53 @@ from .store.models import Audit, AuditStatus, Model, utcnow
 REQUEST_KEYS = ("dataset", "suites", "gates", "seed", "label")
 
 
-def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots) -> dict[str, Any]:
+#: suite parameters that refer to another registered model, as ``{"model_id": ...}``
+MODEL_REFS = (("attacks", "surrogate"),)
+
+ModelLookup = Callable[[str], "Model | None"]
+
+
+def resolve_model_refs(suites: Any, lookup: ModelLookup) -> Any:
+    """``suites`` with every ``{"model_id": id}`` model reference replaced by the registered
+    model's stored checkpoint path and card, so the worker only sees files.
+
+    Raises:
+        SpecError: the id is not one of the tenant's models, or the reference also names files.
+    """
+    if not isinstance(suites, Mapping):
+        return suites
+    out = dict(suites)
+    for suite, key in MODEL_REFS:
+        params = out.get(suite)
+        if not isinstance(params, Mapping):
+            continue
+        ref = params.get(key)
+        if not isinstance(ref, Mapping) or ref.get("model_id") is None:
+            continue
+        field = f"suites.{suite}.{key}"
+        if ref.get("model") is not None or ref.get("card") is not None:
+            raise SpecError(f"{field}: give either model_id or model and card, not both",
+                            errors={field: "model_id and model/card are exclusive"})
+        found = lookup(str(ref["model_id"]))
+        if found is None:
+            raise SpecError(f"{field}.model_id: no registered model {ref['model_id']!r}; upload it to /v1/models "
+                            "first", errors={f"{field}.model_id": f"no model {ref['model_id']!r}"})
+        out[suite] = {**params, key: {"model": found.path, "card": found.card, "model_id": found.id}}
+    return out
+
+
+def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots,
+                  lookup: ModelLookup = lambda _id: None) -> dict[str, Any]:
     """The validated, normalised request; raises the engine's input errors (a 422) when it is wrong.
 
     Everything that can be checked without running is checked here: suite names and
     parameters, dataset reference, that its path lies under the data roots and exists, gate
-    metric paths and class names in gates.
+    metric paths and class names in gates. Model references in suite parameters are
+    resolved with ``lookup`` (the tenant's models by id).
     """
     raw = {k: body[k] for k in REQUEST_KEYS if k in body}
+    if "suites" in raw:
+        raw["suites"] = resolve_model_refs(raw["suites"], lookup)
     spec = AuditSpec.from_dict({**raw, "model": model.path, "card": model.card})
     check_placeholder_gates(spec, ModelCard.from_dict(model.card))
     for path in (spec.dataset.path, spec.dataset.root):

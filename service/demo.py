@@ -55,11 +55,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def demo_body(model_id: str, n_samples: int) -> dict[str, object]:
+def demo_body(model_id: str, n_samples: int, surrogate_id: str | None = None) -> dict[str, object]:
+    """Every suite at its demo_params; the attacks suite's transfer part crafts on the surrogate."""
+    suites: dict[str, dict[str, object]] = {name: dict(cls.demo_params) for name, cls in SUITES.items()}
+    if surrogate_id is not None and "attacks" in suites:
+        suites["attacks"]["surrogate"] = {"model_id": surrogate_id}
     return {"model": model_id,
             "dataset": {"kind": "builtin", "name": "digits", "n_samples": n_samples, "seed": 0},
-            "suites": {name: dict(cls.demo_params) for name, cls in SUITES.items()},
-            "gates": ["clean.top1 >= 0.9"], "label": "demo"}
+            "suites": suites, "gates": ["clean.top1 >= 0.9"], "label": "demo"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(client, proc, timeout=120)
         model = client.upload_model(DEMO / "digits_cnn.pt", DEMO / "digits_cnn.card.json")
         print(f"model {model['id']} (sha256 {model['sha256'][:12]})", file=sys.stderr)
-        created = client.json("POST", "/v1/audits", demo_body(model["id"], args.n_samples))
+        # the PGD-trained demo CNN as the surrogate of the transferability part (attacks 2g)
+        surrogate = client.upload_model(DEMO / "digits_cnn_pgd.pt", DEMO / "digits_cnn_pgd.card.json")
+        created = client.json("POST", "/v1/audits", demo_body(model["id"], args.n_samples, surrogate["id"]))
         print(f"audit {created['id']}: suites {sorted(SUITES)}", file=sys.stderr)
         bar = ProgressBar(sys.stderr, enabled=True)
         audit = wait_for(client, created["id"], timeout=args.timeout, poll=0.5, bar=bar)

@@ -19,7 +19,7 @@ from ..store.models import Audit, AuditStatus, utcnow
 from .auth import authenticate, owned, tenant
 from .context import services
 from .errors import ApiError
-from .models_api import get_model, upload_model
+from .models_api import find_model, get_model, upload_model
 from .pages import paginate
 from .schemas import (
     ArtifactListSchema,
@@ -116,7 +116,8 @@ class Audits(MethodView):
                 if found is not None:
                     return _created_or_conflict(found, digest)
             model = get_model(s, body["model"])
-            req = build_request(body, model, DataRoots(services().config.data_roots))
+            req = build_request(body, model, DataRoots(services().config.data_roots),
+                                lambda model_id: find_model(s, model_id))
             try:
                 with s.begin_nested():
                     audit = create_audit(s, tenant=tenant(), model=model, request=req, idempotency_key=key,

@@ -38,9 +38,15 @@ def tenant() -> str:
 T = TypeVar("T")
 
 
-def owned(session: Any, row_type: type[T], row_id: str, noun: str) -> T:
-    """The current tenant's row, or 404: another tenant's rows do not exist for this one."""
+def find_owned(session: Any, row_type: type[T], row_id: str) -> T | None:
+    """The current tenant's row, or None: another tenant's rows do not exist for this one."""
     row = session.get(row_type, row_id)
-    if row is None or row.tenant != tenant():
+    return row if row is not None and row.tenant == tenant() else None
+
+
+def owned(session: Any, row_type: type[T], row_id: str, noun: str) -> T:
+    """The current tenant's row, or 404."""
+    row = find_owned(session, row_type, row_id)
+    if row is None:
         raise ApiError(404, f"no {noun} {row_id!r}")
     return row

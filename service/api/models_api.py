@@ -13,7 +13,7 @@ from werkzeug.datastructures import FileStorage
 from ..storage import UploadTooLarge
 from ..store.models import Model
 from ..uploads import register_model
-from .auth import authenticate, owned, tenant
+from .auth import authenticate, find_owned, owned, tenant
 from .context import services
 from .errors import ApiError
 from .pages import paginate
@@ -72,6 +72,11 @@ class ModelById(MethodView):
         """One model."""
         with services().store.session() as s:
             return get_model(s, model_id)
+
+
+def find_model(session: Any, model_id: str) -> Model | None:
+    """The tenant's model, or None."""
+    return find_owned(session, Model, model_id)
 
 
 def get_model(session: Any, model_id: str) -> Model:

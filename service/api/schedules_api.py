@@ -17,7 +17,7 @@ from .audits_api import load_body
 from .auth import authenticate, owned, tenant
 from .context import services
 from .errors import ApiError
-from .models_api import get_model
+from .models_api import find_model, get_model
 from .pages import paginate
 from .schemas import PageQuerySchema, RunListSchema, SchedulePageSchema, ScheduleSchema, schedule_request_schema
 
@@ -44,7 +44,8 @@ class Schedules(MethodView):
                            code="validation_error", errors={"cron": ["invalid cron expression"]})
         with services().store.session() as s:
             model = get_model(s, body["model"])
-            req = build_request(body, model, DataRoots(services().config.data_roots))
+            req = build_request(body, model, DataRoots(services().config.data_roots),
+                                lambda model_id: find_model(s, model_id))
             now = utcnow()
             sched = Schedule(tenant=tenant(), model_id=model.id, cron=cron, request=req, label=req.get("label"),
                              created_at=now, next_run_at=next_run(cron, now), enabled=True)

@@ -41,6 +41,7 @@ _FIELD_BUILDERS: dict[ParamKind, Callable[[Param, str], fields.Field]] = {
     ParamKind.CHOICE_LIST: lambda p, _: fields.List(fields.String(validate=validate.OneOf(p.choices)),
                                                     validate=_items(p)),
     ParamKind.STR_LIST: lambda p, _: fields.List(fields.String(validate=validate.Length(min=1)), validate=_items(p)),
+    ParamKind.JSON: lambda p, _: fields.Raw(),
     ParamKind.OBJECT: lambda p, name: fields.Nested(params_schema(p.schema or ParamSchema(), name)),
 }
 

@@ -26,6 +26,8 @@ class ParamKind(str, Enum):
     CHOICE_LIST = "choice_list"
     STR_LIST = "string_list"
     OBJECT = "object"
+    #: any JSON value, passed through as is; the owning suite checks it (e.g. a model card or its path)
+    JSON = "json"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Param:
             return value
         if kind is ParamKind.CHOICE:
             return self._choice(value)
+        if kind is ParamKind.JSON:
+            return value
         if kind is ParamKind.OBJECT:
             assert self.schema is not None
             if not isinstance(value, Mapping):

@@ -13,11 +13,12 @@ from .base import Attack, AttackResult, RunOutput
 from .cw import CarliniWagnerL2
 from .fgsm import FGSM
 from .fmn import FMN
+from .iterative import IterativeLoss, Objective
 from .losses import Loss, is_success, logit_margin
 from .norms import Norm
 from .pgd import PGD
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, PGD, CarliniWagnerL2, FMN)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, PGD, CarliniWagnerL2, FMN, IterativeLoss)}
 
 
 def make_attack(name: str, **params: Any) -> Attack:
@@ -28,5 +29,5 @@ def make_attack(name: str, **params: Any) -> Attack:
     return cls(**params)
 
 
-__all__ = ["ATTACKS", "FGSM", "FMN", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "Loss", "Norm",
-           "RunOutput", "is_success", "logit_margin", "make_attack"]
+__all__ = ["ATTACKS", "FGSM", "FMN", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "IterativeLoss", "Loss",
+           "Norm", "Objective", "RunOutput", "is_success", "logit_margin", "make_attack"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...attacks import Norm
+from ...attacks import Norm, Objective
+from ...attacks.masks import MaskShape
 from ...errors import SpecError
 from ...params import Param, ParamKind, ParamSchema
 
@@ -12,6 +13,17 @@ from ...params import Param, ParamKind, ParamSchema
 UNTARGETED_ATTACKS = ("fgsm", "pgd", "cw")
 #: the order of strength used by the "weaker attack stronger" sanity flag
 WEAKER_STRONGER = (("fgsm", "pgd"),)
+
+#: the surrogate model of the transfer part (2g): a checkpoint path and its card, or (over the
+#: API) a registered model id that the service replaces by the stored path and card
+SURROGATE = ParamSchema((
+    Param("model", ParamKind.STR, None, "surrogate checkpoint path (the service fills it in from model_id)",
+          nullable=True),
+    Param("card", ParamKind.JSON, None, "surrogate model card: a path, the card object, or null (the "
+          "<stem>.card.json beside the checkpoint)", nullable=True),
+    Param("model_id", ParamKind.STR, None, "API only: a registered model id; the service resolves it to the "
+          "stored checkpoint and card", nullable=True),
+))
 
 SCHEMA = ParamSchema((
     Param("norms", ParamKind.CHOICE_LIST, ["linf", "l2"], "threat models to evaluate",
@@ -52,6 +64,30 @@ SCHEMA = ParamSchema((
           "targeted sources (chosen by a seeded hash of the sample id)", minimum=1e-6, maximum=1.0),
     Param("suitability_margin", ParamKind.FLOAT, 0.1, "clean probability margin below which a source image "
           "is flagged as low-margin", minimum=0.0, maximum=1.0),
+    Param("regional", ParamKind.BOOL, False, "run the regional-perturbation study (2e): the attack restricted "
+          "to masks, beside the full-image attack"),
+    Param("regional_shapes", ParamKind.CHOICE_LIST, [m.value for m in MaskShape], "mask shapes: centred square, "
+          "border frame, seeded random pixels", choices=tuple(m.value for m in MaskShape)),
+    Param("regional_fractions", ParamKind.FLOAT_LIST, [0.17, 0.28, 0.45], "requested share of pixels per mask "
+          "(the report gives the actual share the pixel grid allows)", minimum=1e-6, maximum=1.0, max_items=8),
+    Param("regional_objective", ParamKind.CHOICE, Objective.SIGN_CE.value, "loss of the unbounded iterative "
+          "regional attack", choices=tuple(o.value for o in Objective)),
+    Param("regional_step", ParamKind.FLOAT, 0.01, "regional attack step: largest per-pixel change per step",
+          minimum=1e-6, maximum=1.0),
+    Param("regional_steps", ParamKind.INT, 50, "regional attack iteration cap", minimum=1, maximum=10_000),
+    Param("regional_targeted", ParamKind.BOOL, True, "also run the regional study targeted, at one seeded "
+          "target class per image"),
+    Param("loss_comparison", ParamKind.BOOL, False, "run the loss comparison (2f): CE + L2 penalty, iterative "
+          "FGSM and CW margin at one step size and iteration cap"),
+    Param("loss_objectives", ParamKind.CHOICE_LIST, [o.value for o in Objective], "losses to compare",
+          choices=tuple(o.value for o in Objective)),
+    Param("loss_step", ParamKind.FLOAT, 0.01, "step size shared by every loss: largest per-pixel change per step",
+          minimum=1e-6, maximum=1.0),
+    Param("loss_steps", ParamKind.INT, 50, "iteration cap shared by every loss", minimum=1, maximum=10_000),
+    Param("loss_penalty", ParamKind.FLOAT, 0.01, "c of the CE + c * ||delta||_2^2 objective", minimum=0.0,
+          maximum=1e6),
+    Param("surrogate", ParamKind.OBJECT, None, "transferability (2g): craft the attacks on this model and "
+          "evaluate them on the audited one", nullable=True, schema=SURROGATE),
     Param("batch_size", ParamKind.INT, None, "images per attack batch (null: the model's automatic size)",
           minimum=1, maximum=65_536, nullable=True),
 ))
@@ -60,6 +96,11 @@ SCHEMA = ParamSchema((
 def eps_key(eps: float) -> str:
     """A path-safe key for a budget: 4 significant digits, the dot spelt ``p`` (0.03137 -> eps_0p03137)."""
     return "eps_" + f"{eps:.4g}".replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def fraction_key(fraction: float) -> str:
+    """A path-safe key for a mask's requested pixel share: 0.17 -> f_0p17."""
+    return "f_" + f"{fraction:.4g}".replace(".", "p").replace("-", "m").replace("+", "")
 
 
 def budgets(params: dict[str, Any], norm: str) -> list[float]:
@@ -83,6 +124,16 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
                                              "digits; make them differ more")
         if not attacks_for(params, norm):
             errors["attacks.attacks"] = f"no requested attack supports the {norm} norm; add fgsm or pgd"
+    keys = [fraction_key(f) for f in params["regional_fractions"]]
+    if len(set(keys)) != len(keys):
+        errors["attacks.regional_fractions"] = "fractions must differ at 4 significant digits"
+    sur = params["surrogate"]
+    if sur is not None:
+        if sur["model"] is None:
+            errors["attacks.surrogate.model"] = ("give the surrogate's checkpoint path (over the API, a registered "
+                                                 "model_id, which the service resolves)")
+        if sur["card"] is not None and not isinstance(sur["card"], (str, dict)):
+            errors["attacks.surrogate.card"] = "must be a path, a card object or null"
     if errors:
         raise SpecError("invalid parameters: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), errors=errors)
     return params

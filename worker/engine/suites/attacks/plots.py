@@ -61,3 +61,48 @@ def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def loss_curve_plot(path: Path, curves: dict[str, Any]) -> Path:
+    """Cumulative success rate against iterations, one line per loss."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, c in curves["losses"].items():
+        ys = [v if v is not None else float("nan") for v in c["success_rate"]]
+        ax.plot(curves["iterations"], ys, label=name)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def mask_plot(path: Path, title: str, mask: list[list[float]], image: list[list[float]] | None,
+              perturbation: list[list[float]] | None) -> Path:
+    """The mask, and an example: the clean image with the mask outlined, and |perturbation|."""
+    plt = _pyplot()
+    panels: list[tuple[str, list[list[float]], str, float | None]] = [("mask (yellow)", mask, "viridis", 1.0)]
+    if image is not None:
+        panels.append(("example image, mask outlined", image, "gray", 1.0))
+    if perturbation is not None:
+        failed = max(map(max, perturbation), default=0.0) == 0.0
+        panels.append(("|perturbation|: failed within the cap" if failed else "|perturbation| (untargeted)",
+                       perturbation, "magma", None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+    for k, (ax, (label, data, cmap, top)) in enumerate(zip(axes[0], panels)):
+        shown = ax.imshow(data, cmap=cmap, interpolation="nearest", vmin=0.0, vmax=top)
+        if k == 1:
+            ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
+        if top is None:
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,4 +1,4 @@
-"""Suite ``attacks`` (SUITES.md section 2, parts 2a-2d and the sanity flags).
+"""Suite ``attacks`` (SUITES.md section 2: parts 2a-2g and the sanity flags).
 
 ``run`` attacks one shard and returns per-sample facts only (success per attack and budget,
 adversarial classes, minimal norms, targeted outcomes, sanity facts); ``finalize`` computes
@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from ...classifier import Classifier
 from ...metrics import Unit, metric
 from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult
 from .common import Record, in_batches
+from .extras import check_extras, enabled, extra_paths, extra_results, run_extras
 from .misclassification import misclassification_metrics
 from .params import SCHEMA, attacks_for, budgets, check, eps_key
 from .plots import modify_mimic_plot, robust_accuracy_plot
@@ -32,15 +34,21 @@ class AttacksSuite(Suite):
     name = "attacks"
     description = ("Adversarial robustness: robust accuracy per norm and budget (worst case over FGSM, PGD, CW), "
                    "minimal perturbations (FMN), targeted all-pairs modify/mimic rates, misclassification classes, "
-                   "source-image suitability, sanity flags.")
+                   "source-image suitability, sanity flags; optionally regional masks, a loss comparison and "
+                   "transferability from a surrogate model.")
     params = SCHEMA
     headline = ("robust_accuracy.*.*", "minimal_perturbation.*.median", "targeted.success_rate")
     demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0], "pgd_steps": 10, "cw_steps": 20,
                    "cw_search_steps": 2, "minimal_steps": 50, "targeted_eps": 0.2, "targeted_steps": 10,
-                   "targeted_fraction": 0.5}
+                   "targeted_fraction": 0.5, "regional": True, "regional_steps": 20, "regional_step": 0.03,
+                   "loss_comparison": True, "loss_steps": 20, "loss_step": 0.02}
 
     def validate_params(self, raw: Any) -> dict[str, Any]:
         return check(super().validate_params(raw))
+
+    def check_inputs(self, params: dict[str, Any], samples: SampleSet, classifier: Classifier) -> None:
+        """Masks that select no pixel and a surrogate that does not fit fail before any work."""
+        check_extras(params, classifier, lambda salt: torch.Generator().manual_seed(salt))  # emptiness only
 
     def metric_paths(self, params: dict[str, Any]) -> list[str]:
         paths = ["not_attacked"]
@@ -66,7 +74,7 @@ class AttacksSuite(Suite):
                       "targeted.groups.modify.{group}", "targeted.groups.mimic.{group}", "targeted.groups.spearman",
                       "targeted.groups.easiest_to_modify", "targeted.groups.hardest_to_modify",
                       "targeted.groups.easiest_to_mimic", "targeted.groups.hardest_to_mimic"]
-        return paths
+        return paths + extra_paths(params)
 
     def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:
         clf = ctx.classifier
@@ -94,17 +102,25 @@ class AttacksSuite(Suite):
                             "margin": float(c["margin"]), "topk": [int(t) for t in c["topk"]],
                             "sanity": facts[i]}
         attacked = torch.tensor([records[s]["correct"] for s in ids], dtype=torch.bool, device=clf.device)
-        split = 0.75 if params["targeted"] else 1.0
+        # progress: rough shares of the work per part (untargeted 3, targeted 1, each extra part 1)
+        extras = enabled(params)
+        total = 3 + int(params["targeted"]) + len(extras)
         untargeted = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                    lambda f: ctx.progress(split * f))
+                                    lambda f: ctx.progress(3 * f / total))
         for sid in ids:
             records[sid]["attacks"] = untargeted[sid]
             records[sid]["targeted"] = None
         if params["targeted"]:
             targeted = run_targeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                    lambda f: ctx.progress(split + (1 - split) * f))
+                                    lambda f: ctx.progress((3 + f) / total))
             for sid, t in targeted.items():
                 records[sid]["targeted"] = t
+        done = 3 + int(params["targeted"])
+        parts = run_extras(ctx, samples, x, y, attacked, params,
+                           lambda f: ctx.progress((done + len(extras) * f) / total))
+        for part, per_sample in parts.items():
+            for sid in ids:
+                records[sid][part] = per_sample.get(sid)
         return {"samples": records}
 
     def merge(self, a: Partial, b: Partial) -> Partial:
@@ -143,6 +159,9 @@ class AttacksSuite(Suite):
         path = store.path(self.name, "suitability_flags.json")
         path.write_text(json.dumps(flags, indent=1))
         artifacts.append(store.relative(path))
+        more, files = extra_results(ctx, self.name, records, params)
+        metrics.update(more)
+        artifacts += files
         warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
         return SuiteResult(metrics=metrics, artifacts=artifacts, warnings=warnings)
 
