@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelCardError
+from .jsonfile import read_json
 
 
 class ModelFormat(str, Enum):
@@ -145,14 +145,7 @@ class ModelCard:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelCard:
-        p = Path(path)
-        try:
-            raw = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ModelCardError(f"model card not found: {p}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelCardError(f"model card {p} is not readable JSON: {exc}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json(path, what="model card", error=ModelCardError))
 
 
 def _floats(value: Any, name: str, channels: int) -> tuple[float, ...]:

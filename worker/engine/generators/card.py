@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ..errors import AuditInputError
+from ..jsonfile import read_json
 
 
 class GeneratorError(AuditInputError):
@@ -106,14 +106,7 @@ class GeneratorCard:
 
     @classmethod
     def from_file(cls, path: str | Path) -> GeneratorCard:
-        p = Path(path)
-        try:
-            raw = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise GeneratorError(f"generator card not found: {p}") from None
-        except (OSError, ValueError) as exc:
-            raise GeneratorError(f"cannot read the generator card {p}: {exc}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json(path, what="generator card", error=GeneratorError))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "arch": self.arch, "format": self.format.value, "latent_dim": self.latent_dim,

@@ -17,6 +17,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # figures are not freed otherwise; a worker runs many audits
+    return path
+
+
 def robust_accuracy_plot(path: Path, metrics: dict[str, Any], params: dict[str, Any]) -> Path:
     """Robust accuracy against eps, one panel per norm: worst case and each attack alone."""
     plt = _pyplot()
@@ -36,10 +43,7 @@ def robust_accuracy_plot(path: Path, metrics: dict[str, Any], params: dict[str, 
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
@@ -57,10 +61,7 @@ def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
     ax.set_xlabel("modify rate (as source)")
     ax.set_ylabel("mimic rate (as target)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def loss_curve_plot(path: Path, curves: dict[str, Any]) -> Path:
@@ -75,10 +76,7 @@ def loss_curve_plot(path: Path, curves: dict[str, Any]) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def mask_plot(path: Path, title: str, mask: list[list[float]], image: list[list[float]] | None,
@@ -102,7 +100,4 @@ def mask_plot(path: Path, title: str, mask: list[list[float]], image: list[list[
         ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
