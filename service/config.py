@@ -74,6 +74,8 @@ class Config:
         visibility_timeout_s: Redis redelivers an unacknowledged message after this long.
         beat_interval_s: how often ``robustaudit beat`` ticks (schedules and the reaper).
         device: device for audits ("auto", "cpu", "cuda", "cuda:N").
+        shard_size: samples per shard; each finished shard is checkpointed, so a killed
+            worker's audit resumes from its last finished shard.
         plugins: modules imported by the API and the workers at start, e.g. to register more
             suites in ``worker.engine.suites.SUITES`` (``ROBUSTAUDIT_PLUGINS``, comma-separated).
     """
@@ -93,6 +95,7 @@ class Config:
     visibility_timeout_s: float = 3 * 3600.0
     beat_interval_s: float = 60.0
     device: str = "auto"
+    shard_size: int = 256
     plugins: tuple[str, ...] = ()
 
     @classmethod
@@ -117,6 +120,7 @@ class Config:
             visibility_timeout_s=_number(env, "VISIBILITY_TIMEOUT_S", 3 * 3600.0),
             beat_interval_s=_number(env, "BEAT_INTERVAL_S", 60.0),
             device=env.get(PREFIX + "DEVICE") or "auto",
+            shard_size=int(_number(env, "SHARD_SIZE", 256)),
             plugins=tuple(p.strip() for p in env.get(PREFIX + "PLUGINS", "").split(",") if p.strip()),
         )
         return replace(cfg, **overrides)
@@ -141,6 +145,7 @@ class Config:
             "HEARTBEAT_S": repr(self.heartbeat_s), "HEARTBEAT_TIMEOUT_S": repr(self.heartbeat_timeout_s),
             "MAX_ATTEMPTS": str(self.max_attempts), "VISIBILITY_TIMEOUT_S": repr(self.visibility_timeout_s),
             "BEAT_INTERVAL_S": repr(self.beat_interval_s), "DEVICE": self.device,
+            "SHARD_SIZE": str(self.shard_size),
             "PLUGINS": ",".join(self.plugins),
         }
         return {PREFIX + k: v for k, v in env.items()}

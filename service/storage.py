@@ -72,9 +72,16 @@ class Storage:
     def audit_dir(self, audit_id: str) -> Path:
         return self.root / "audits" / audit_id
 
+    def checkpoint_dir(self, audit_id: str) -> Path:
+        """Shard checkpoints of an audit: kept across attempts, removed when it ends."""
+        return self.root / "checkpoints" / audit_id
+
     def clear_audit(self, audit_id: str) -> None:
         """Remove what an interrupted attempt left, so a retry starts clean."""
         shutil.rmtree(self.audit_dir(audit_id), ignore_errors=True)
+
+    def clear_checkpoints(self, audit_id: str) -> None:
+        shutil.rmtree(self.checkpoint_dir(audit_id), ignore_errors=True)
 
     def artifacts(self, audit_id: str) -> list[tuple[str, int]]:
         """(name relative to ``artifacts/``, size) of every artifact file, sorted."""

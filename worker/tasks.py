@@ -26,6 +26,7 @@ from service.dispatch import TASK_RUN_AUDIT
 from service.storage import Storage
 from service.store import Audit, AuditStatus, Model, Store
 from service.store.models import utcnow
+from worker.engine.checkpoints import DirectoryCheckpoints
 from worker.engine.datasets import DataRoots
 from worker.engine.errors import AuditCancelled, AuditInputError
 
@@ -142,26 +143,34 @@ def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditSt
         model = s.get(Model, audit.model_id)
         assert model is not None
         request = dict(audit.request)
-    storage.clear_audit(audit_id)
+    checkpoints = DirectoryCheckpoints(storage.checkpoint_dir(audit_id))
+    if not any(checkpoints.root.glob("*.json")):
+        storage.clear_audit(audit_id)  # a fresh start; a retry keeps the artifacts of finished shards
     try:
         with AuditRecorder(store, audit_id, config) as rec:
             spec = engine_spec(request, model, device=config.device)
             report = run_audit(spec, storage.audit_dir(audit_id), on_progress=rec.on_progress,
-                               should_stop=rec.should_stop, roots=DataRoots(config.data_roots))
+                               should_stop=rec.should_stop, roots=DataRoots(config.data_roots),
+                               shard_size=config.shard_size, checkpoints=checkpoints)
     except AuditCancelled:
+        storage.clear_checkpoints(audit_id)
         finish(store, audit_id, AuditStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"})
         return AuditStatus.CANCELLED
     except AuditInputError as exc:
+        storage.clear_checkpoints(audit_id)
         finish(store, audit_id, AuditStatus.FAILED, error=exc.to_dict())
         return AuditStatus.FAILED
     except SoftTimeLimitExceeded:
+        storage.clear_checkpoints(audit_id)
         finish(store, audit_id, AuditStatus.FAILED, error={
             "code": "time_limit", "message": f"the audit ran longer than {config.soft_time_limit_s:g} s"})
         return AuditStatus.FAILED
     except Exception as exc:
+        storage.clear_checkpoints(audit_id)
         finish(store, audit_id, AuditStatus.FAILED,
                error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
         raise
+    storage.clear_checkpoints(audit_id)
     finish(store, audit_id, AuditStatus.SUCCEEDED, report=report, verdict=report["verdict"],
            progress={name: 1.0 for name in report["suites"]},
            suite_seconds={name: suite["seconds"] for name, suite in report["suites"].items()})

@@ -106,3 +106,39 @@ def test_soft_time_limit_and_internal_error_are_recorded(client, config, model_i
     got = client.get(f"/v1/audits/{broken}", headers=auth()).json
     assert got["status"] == "failed"
     assert got["error"] == {"code": "internal_error", "message": "ZeroDivisionError: boom"}
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the task catches it, the audit stays `running`."""
+
+
+def test_killed_audit_resumes_from_its_last_finished_shard(client, config, store, model_id, monkeypatch):
+    from dataclasses import replace
+
+    from worker.engine.suites.clean import CleanSuite
+
+    config = replace(config, shard_size=5)  # 20 samples: 4 shards
+    audit_id = post_audit(client, audit_body(model_id)).json["id"]
+    original, calls = CleanSuite.run, []
+
+    def dies_on_third_shard(self, ctx, samples, params):
+        calls.append(len(samples))
+        if len(calls) == 3:
+            raise _Killed
+        return original(self, ctx, samples, params)
+
+    monkeypatch.setattr(CleanSuite, "run", dies_on_third_shard)
+    with pytest.raises(_Killed):
+        execute_audit(config, audit_id)
+    saved = list(config.storage_dir.joinpath("checkpoints", audit_id).glob("*.json"))
+    assert len(saved) == 2  # the two finished shards
+
+    calls.clear()
+    monkeypatch.setattr(CleanSuite, "run", lambda self, *a: calls.append(1) or original(self, *a))
+    _set_running(store, audit_id, utcnow() - timedelta(seconds=config.heartbeat_timeout_s + 1))
+    assert execute_audit(config, audit_id).value == "succeeded"
+    assert len(calls) == 2  # only the shards that had not finished
+    report = client.get(f"/v1/audits/{audit_id}/report", headers=auth()).json
+    assert report["suites"]["clean"]["resumed_shards"] == 2
+    assert report["suites"]["clean"]["metrics"]["top1"]["n"] == 20
+    assert not config.storage_dir.joinpath("checkpoints", audit_id).exists()  # removed once done

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .card import ModelCard
+from .checkpoints import Checkpoints, as_json_data, shard_key
 from .classifier import Classifier
 from .datasets import DataRoots, load_samples
 from .errors import SpecError
@@ -100,8 +101,12 @@ def check_placeholder_gates(spec: AuditSpec, card: ModelCard) -> None:
 
 
 def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: SampleSet,
-              shards: int = 1) -> dict[str, Any]:
-    """Run one suite over ``shards`` shards, merge, finalize; the report's entry for it."""
+              shards: int = 1, checkpoints: Checkpoints | None = None) -> dict[str, Any]:
+    """Run one suite over ``shards`` shards, merge, finalize; the report's entry for it.
+
+    With ``checkpoints``, each finished shard's partial is saved, and a shard already saved
+    by an earlier attempt is loaded instead of run.
+    """
     suite = get_suite(name)
     suite.check_inputs(params, samples, ctx.classifier)
     ctx.suite = name
@@ -109,6 +114,7 @@ def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: Sam
     parts = samples.shards(shards) if len(samples) else [samples]
     partials: list[Partial] = []
     outer = ctx.on_progress
+    resumed = 0
 
     for i, shard in enumerate(parts):
         def scaled(s: str, f: float, i: int = i) -> None:
@@ -116,19 +122,43 @@ def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: Sam
                 outer(s, (i + f) / len(parts))
 
         ctx.on_progress = scaled
-        partials.append(suite.run(ctx, shard, params))
+        key = shard_key(name, i, len(parts), params=params, seed=ctx.seed, sample_ids=shard.ids)
+        saved = checkpoints.load(key) if checkpoints is not None else None
+        if saved is not None:
+            partials.append(saved)
+            resumed += 1
+            ctx.progress(1.0)
+            continue
+        partial = suite.run(ctx, shard, params)
+        if checkpoints is not None:
+            partial = as_json_data(partial)
+            checkpoints.save(key, partial)
+        partials.append(partial)
     ctx.on_progress = outer
     merged = reduce(suite.merge, partials)
     result = suite.finalize(ctx, merged, params)
     ctx.progress(1.0)
-    return {"status": result.status.value, "params": params, "metrics": result.metrics,
-            "artifacts": result.artifacts, "warnings": result.warnings,
-            "seconds": round(time.perf_counter() - t0, 3), **result.extra}
+    entry = {"status": result.status.value, "params": params, "metrics": result.metrics,
+             "artifacts": result.artifacts, "warnings": result.warnings,
+             "seconds": round(time.perf_counter() - t0, 3), **result.extra}
+    if resumed:
+        entry["resumed_shards"] = resumed
+    return entry
+
+
+def shard_count(n_samples: int, shards: int, shard_size: int | None) -> int:
+    """``shards`` as given, or enough shards of at most ``shard_size`` samples."""
+    if shard_size is not None:
+        if shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        return max(1, -(-n_samples // shard_size))
+    return shards
 
 
 def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn | None = None,
               should_stop: Callable[[], bool] | None = None, roots: DataRoots | None = None,
-              shards: int = 1, inputs: AuditInputs | None = None) -> dict[str, Any]:
+              shards: int = 1, shard_size: int | None = None, checkpoints: Checkpoints | None = None,
+              inputs: AuditInputs | None = None) -> dict[str, Any]:
     """Run ``spec`` and write ``out_dir/report.json`` (and ``out_dir/artifacts/``); return the report.
 
     Raises an :class:`~worker.engine.errors.AuditInputError` for bad input and
@@ -143,7 +173,8 @@ def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn |
                        seed=spec.seed, on_progress=on_progress, should_stop=should_stop)
     suites: dict[str, dict[str, Any]] = {}
     for name, params in spec.suites.items():
-        suites[name] = run_suite(name, params, ctx, inputs.samples, shards=shards)
+        suites[name] = run_suite(name, params, ctx, inputs.samples, checkpoints=checkpoints,
+                                 shards=shard_count(len(inputs.samples), shards, shard_size))
     gates = evaluate_gates(spec.gates, {n: s["metrics"] for n, s in suites.items()})
     report = build_report(spec=spec.to_dict(), started=started, finished=utc_now(),
                           classifier=inputs.classifier, samples=inputs.samples, suites=suites, gates=gates,
