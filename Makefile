@@ -28,6 +28,13 @@ openapi: install
 test: install
 	$(PY) -m pytest -q -ra
 
+# CPU benchmarks (ratios against baselines in the same run); see each file for GPU options.
+bench: install
+	$(PY) bench/fragile.py
+	$(PY) bench/attacks.py
+	$(PY) bench/attacks_extras.py
+	$(PY) bench/corruptions.py
+
 lint: install
 	$(VENV)/bin/ruff check service worker tests bench scripts
 	$(VENV)/bin/mypy worker/engine
