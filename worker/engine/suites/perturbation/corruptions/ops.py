@@ -33,11 +33,30 @@ def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
     return F.pad(x, (pw, pw, ph, ph), mode=mode)
 
 
+def fft_size(n: int) -> int:
+    """The smallest 5-smooth length >= n (2^a 3^b 5^c): FFTs of such lengths are fast, while a
+    length with a large prime factor (254 = 2 x 127) can be ten times slower."""
+    best = next_power_of_two(n)
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, *, mode: str = "reflect") -> torch.Tensor:
     """Correlate every channel with one odd-sized 2-D kernel (the same for the whole batch).
 
-    A 1-D kernel runs as a sum of shifted copies, a 2-D one as a product of FFTs of the padded
-    image: on a CPU both are an order of magnitude faster than a one-channel ``conv2d``.
+    A 1-D kernel runs as a sum of shifted copies (accumulated in place), a 2-D one as a product
+    of FFTs of the padded image, zero-padded to a fast FFT length (the valid part of the
+    circular convolution is unchanged): on a CPU both are an order of magnitude faster than a
+    one-channel ``conv2d``.
     """
     n, c, h, w = x.shape
     kh, kw = kernel.shape
@@ -48,12 +67,15 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, *, mode: str = "reflect") ->
         dim = -1 if kh == 1 else -2
         size = w if kh == 1 else h
         out = taps[0] * y.narrow(dim, 0, size)
+        tmp = torch.empty_like(out)
         for i in range(1, taps.numel()):
-            out = out + taps[i] * y.narrow(dim, i, size)
+            out += torch.mul(y.narrow(dim, i, size), taps[i], out=tmp)
         return out.view(n, c, h, w)
     ph, pw = y.shape[-2:]
-    spectrum = torch.fft.rfft2(y) * torch.fft.rfft2(k.flip(0, 1), s=(ph, pw))
-    full = torch.fft.irfft2(spectrum, s=(ph, pw))
+    size = (fft_size(ph), fft_size(pw))
+    spectrum = torch.fft.rfft2(y, s=size)
+    spectrum *= torch.fft.rfft2(k.flip(0, 1), s=size)
+    full = torch.fft.irfft2(spectrum, s=size)
     return full[:, kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].reshape(n, c, h, w)
 
 
@@ -160,8 +182,9 @@ def _motion_fft(x: torch.Tensor, weights: torch.Tensor, dys: torch.Tensor, dxs: 
     sample = torch.arange(n).view(1, n).expand_as(dys)
     kernel.index_put_((sample[live], dys[live] + r, dxs[live] + r), weights[live], accumulate=True)
     padded = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate").view(n, c, h + 2 * r, w + 2 * r)
-    size = (h + 2 * r, w + 2 * r)
-    spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(kernel.to(x.device, x.dtype), s=size)[:, None]
+    size = (fft_size(h + 2 * r), fft_size(w + 2 * r))
+    spectrum = torch.fft.rfft2(padded, s=size)
+    spectrum *= torch.fft.rfft2(kernel.to(x.device, x.dtype), s=size)[:, None]
     full = torch.fft.irfft2(spectrum, s=size)
     return full[..., 2 * r:2 * r + h, 2 * r:2 * r + w].contiguous()
 
