@@ -63,13 +63,12 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, *, mode: str = "reflect") ->
     k = kernel.to(x.device, x.dtype)
     y = _pad(x.reshape(n * c, h, w)[:, None], kh // 2, kw // 2, mode)[:, 0]
     if kh == 1 or kw == 1:
-        taps = k.flatten()
+        taps = kernel.flatten().tolist()
         dim = -1 if kh == 1 else -2
         size = w if kh == 1 else h
-        out = taps[0] * y.narrow(dim, 0, size)
-        tmp = torch.empty_like(out)
-        for i in range(1, taps.numel()):
-            out += torch.mul(y.narrow(dim, i, size), taps[i], out=tmp)
+        out = y.narrow(dim, 0, size) * taps[0]
+        for i in range(1, len(taps)):
+            out.add_(y.narrow(dim, i, size), alpha=taps[i])
         return out.view(n, c, h, w)
     ph, pw = y.shape[-2:]
     size = (fft_size(ph), fft_size(pw))
@@ -117,10 +116,11 @@ def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
     h, w = x.shape[-2:]
     ch, cw = math.ceil(h / factor), math.ceil(w / factor)
     top, left = (h - ch) // 2, (w - cw) // 2
-    crop = x[..., top:top + ch, left:left + cw]
+    # One-channel planes: torch's CPU bilinear kernel is about three times faster on them.
+    crop = x.reshape(-1, 1, *x.shape[-2:])[..., top:top + ch, left:left + cw]
     size = (max(h, round(ch * factor)), max(w, round(cw * factor)))
     out = F.interpolate(crop, size=size, mode="bilinear", align_corners=True)
-    return out[..., :h, :w]
+    return out.view(*x.shape[:-2], *size)[..., :h, :w]
 
 
 def shift_gather(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -181,12 +181,14 @@ def _motion_fft(x: torch.Tensor, weights: torch.Tensor, dys: torch.Tensor, dxs: 
     kernel = torch.zeros(n, 2 * r + 1, 2 * r + 1, dtype=torch.float64)
     sample = torch.arange(n).view(1, n).expand_as(dys)
     kernel.index_put_((sample[live], dys[live] + r, dxs[live] + r), weights[live], accumulate=True)
-    padded = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate").view(n, c, h + 2 * r, w + 2 * r)
+    # Edge-pad straight to a fast FFT length: what lies beyond h + 2r only reaches outputs
+    # that the crop below drops, so it need not be zeros.
     size = (fft_size(h + 2 * r), fft_size(w + 2 * r))
-    spectrum = torch.fft.rfft2(padded, s=size)
+    padded = F.pad(x.reshape(n * c, 1, h, w), (r, size[1] - w - r, r, size[0] - h - r), mode="replicate")
+    spectrum = torch.fft.rfft2(padded.view(n, c, *size))
     spectrum *= torch.fft.rfft2(kernel.to(x.device, x.dtype), s=size)[:, None]
     full = torch.fft.irfft2(spectrum, s=size)
-    return full[..., 2 * r:2 * r + h, 2 * r:2 * r + w].contiguous()
+    return full[..., 2 * r:2 * r + h, 2 * r:2 * r + w]
 
 
 def plasma_fractal(rng: SampleRandom, size: int, decay: float) -> torch.Tensor:
