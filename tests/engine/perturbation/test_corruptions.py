@@ -118,3 +118,13 @@ def test_motion_blur_fft_path_equals_the_sum_of_shifts(monkeypatch):
     monkeypatch.setattr(ops, "MOTION_FFT_MIN_SIDE", 10_000)
     shifts = ops.motion_blur(x, 15, 8.0, angles)
     assert torch.allclose(fft, shifts, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 1, 16, 16), (1, 3, 64, 80)])
+def test_corruptions_leave_their_input_alone(shape):
+    # The corruptions work in place on their own buffers; the caller's images must not change.
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
+    before = x.clone()
+    for name in CORRUPTIONS:
+        corrupt(x, name, 3, SampleRandom.from_seeds(range(shape[0])))
+        assert torch.equal(x, before), name

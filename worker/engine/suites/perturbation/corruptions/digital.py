@@ -23,17 +23,17 @@ def brightness(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tenso
     c = BRIGHTNESS[severity - 1]
     if x.shape[1] != 3:
         return (x + c).clamp(0, 1)
-    v = x.max(dim=1, keepdim=True).values
-    v_new = (v + c).clamp(0, 1)
-    scaled = x * (v_new / v.clamp_min(1e-12))
-    return torch.where(v > 0, scaled, v_new.expand_as(x)).clamp(0, 1)
+    v = x.amax(dim=1, keepdim=True)
+    v_new = (v + c).clamp_(0, 1)
+    out = x * (v_new / v.clamp_min(1e-12))
+    return torch.where(v > 0, out, v_new, out=out).clamp_(0, 1)
 
 
 def contrast(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     """Pull every pixel towards its channel's mean."""
     c = CONTRAST[severity - 1]
     mean = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - mean) * c + mean).clamp(0, 1)
+    return (x - mean).mul_(c).add_(mean).clamp_(0, 1)
 
 
 def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:

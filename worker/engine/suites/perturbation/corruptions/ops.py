@@ -5,6 +5,7 @@ Every function takes and returns N x C x H x W float tensors on any device.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -96,8 +97,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, float], *, trunca
     return filter2d(y, kw.view(1, -1), mode=mode)
 
 
+@functools.lru_cache(maxsize=16)
 def disk_kernel(radius: int, alias_blur: float) -> torch.Tensor:
-    """ImageNet-C's defocus kernel: an aliased disk, lightly Gaussian-blurred (3x3, or 5x5 above r=8)."""
+    """ImageNet-C's defocus kernel: an aliased disk, lightly Gaussian-blurred (3x3, or 5x5 above r=8).
+
+    Cached (one per severity); callers must not modify it.
+    """
     half = max(8, radius)
     t = torch.arange(-half, half + 1, dtype=torch.float64)
     yy, xx = torch.meshgrid(t, t, indexing="ij")
@@ -211,29 +216,34 @@ def plasma_fractal(rng: SampleRandom, size: int, decay: float) -> torch.Tensor:
     wibble, offset = 100.0, 0
 
     def jitter(t: torch.Tensor) -> torch.Tensor:
+        """t / 4 + u * wibble * wibble, in place on the fresh tensor t."""
         nonlocal offset
         count = t.shape[1] * t.shape[2]
         u = noise[:, offset:offset + count].view(t.shape)
         offset += count
-        return t / 4 + u * wibble * wibble
+        return t.div_(4).add_(torch.mul(u, wibble).mul_(wibble))
 
     for step in levels:
         half = step // 2
         corners = grid[:, 0::step, 0::step]
         square = corners + corners.roll(-1, dims=1)
-        square = square + square.roll(-1, dims=2)
+        square += square.roll(-1, dims=2)
         grid[:, half::step, half::step] = jitter(square)
         centres = grid[:, half::step, half::step]
         corners = grid[:, 0::step, 0::step]
-        top = centres + centres.roll(1, dims=1) + corners + corners.roll(-1, dims=2)
+        top = centres + centres.roll(1, dims=1)
+        top += corners
+        top += corners.roll(-1, dims=2)
         grid[:, 0::step, half::step] = jitter(top)
-        left = centres + centres.roll(1, dims=2) + corners + corners.roll(-1, dims=1)
+        left = centres + centres.roll(1, dims=2)
+        left += corners
+        left += corners.roll(-1, dims=1)
         grid[:, half::step, 0::step] = jitter(left)
         wibble /= decay
     flat = grid.view(n, -1)
-    grid = grid - flat.min(dim=1).values.view(n, 1, 1)
-    hi = grid.view(n, -1).max(dim=1).values.clamp_min(1e-12).view(n, 1, 1)
-    return (grid / hi).float().to(rng.device)
+    grid -= flat.amin(dim=1).view(n, 1, 1)
+    hi = flat.amax(dim=1).clamp_min(1e-12).view(n, 1, 1)
+    return grid.div_(hi).float().to(rng.device)
 
 
 def next_power_of_two(v: int) -> int:

@@ -26,12 +26,13 @@ def snow(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     n, c, h, w = x.shape
     flakes = rng.normal((1, h, w), mean, std)
     flakes = ops.clipped_zoom(flakes, zoom)
-    flakes = torch.where(flakes < thresh, torch.zeros_like(flakes), flakes).clamp(0, 1)
+    flakes = flakes.masked_fill(flakes < thresh, 0.0).clamp_(0, 1)
     angle = rng.uniform((), -135.0, -45.0)
     flakes = ops.motion_blur(flakes, radius, sigma, angle)
-    flakes = torch.round(flakes * 255) / 255
-    base = blend * x + (1 - blend) * torch.maximum(x, ops.gray(x) * 1.5 + 0.5)
-    return (base + flakes + flakes.flip(-1, -2)).clamp(0, 1)
+    flakes = flakes.mul(255).round_().div_(255)
+    base = torch.maximum(x, (ops.gray(x) * 1.5).add_(0.5)).mul_(1 - blend)
+    base += blend * x
+    return base.add_(flakes).add_(flakes.flip(-1, -2)).clamp_(0, 1)
 
 
 def frost_texture(rng: SampleRandom, h: int, w: int, channels: int) -> torch.Tensor:
@@ -74,6 +75,6 @@ def fog(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     n, c, h, w = x.shape
     size = ops.next_power_of_two(max(h, w))
     haze = ops.plasma_fractal(rng, size, decay)[:, None, :h, :w].to(x.device, x.dtype)
-    peak = x.reshape(n, -1).max(dim=1).values.view(n, 1, 1, 1)
+    peak = x.reshape(n, -1).amax(dim=1).view(n, 1, 1, 1)
     return ((x + strength * haze) * peak / (peak + strength)).clamp(0, 1)
 
