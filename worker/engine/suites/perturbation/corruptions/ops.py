@@ -72,10 +72,10 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, *, mode: str = "reflect") ->
             out.add_(y.narrow(dim, i, size), alpha=taps[i])
         return out.view(n, c, h, w)
     ph, pw = y.shape[-2:]
-    size = (fft_size(ph), fft_size(pw))
-    spectrum = torch.fft.rfft2(y, s=size)
-    spectrum *= torch.fft.rfft2(k.flip(0, 1), s=size)
-    full = torch.fft.irfft2(spectrum, s=size)
+    fast = (fft_size(ph), fft_size(pw))
+    spectrum = torch.fft.rfft2(y, s=fast)
+    spectrum *= torch.fft.rfft2(k.flip(0, 1), s=fast)
+    full = torch.fft.irfft2(spectrum, s=fast)
     return full[:, kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].reshape(n, c, h, w)
 
 

@@ -2,15 +2,32 @@
 
 Each sample owns a seeded CPU :class:`torch.Generator`; draws are made per sample and stacked,
 then moved to the images' device. The draws are small next to the image work, so a batch
-still runs as one set of tensor operations.
+still runs as one set of tensor operations. Large per-sample draws (Poisson counts above all:
+torch samples them one value at a time) are spread over ``torch.get_num_threads()`` threads,
+one generator per task, so the numbers do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+#: per-sample draws of at least this many values are made on several threads.
+THREADED_DRAW_MIN = 1 << 16
+
+
+def _each(count: int, size: int, task: Callable[[int], object]) -> None:
+    """task(i) for i in range(count), on torch's thread count when each task is large enough."""
+    workers = min(torch.get_num_threads(), count)
+    if workers <= 1 or size < THREADED_DRAW_MIN:
+        for i in range(count):
+            task(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(task, range(count)))
 
 
 def sample_seed(seed: int, *parts: object) -> int:
@@ -47,8 +64,8 @@ class SampleRandom:
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(N, *shape) draws: each sample's generator fills its own row of one CPU tensor, in place."""
         out = torch.empty((len(self.generators), *shape), dtype=dtype)
-        for row, g in zip(out, self.generators):
-            fill(row, g)
+        _each(len(self.generators), out[0].numel() if len(out) else 0,
+              lambda i: fill(out[i], self.generators[i]))
         return out
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -77,6 +94,9 @@ class SampleRandom:
         """Poisson counts for per-sample rates (N, ...); drawn on the CPU per sample."""
         cpu = rates.detach().float().cpu()
         out = torch.empty_like(cpu)
-        for i, g in enumerate(self.generators):
-            out[i] = torch.poisson(cpu[i], generator=g)
+
+        def draw(i: int) -> None:
+            out[i] = torch.poisson(cpu[i], generator=self.generators[i])
+
+        _each(len(self.generators), 1 << 30, draw)  # always worth threads: ~40 ns a value
         return self._to_device(out)
