@@ -48,15 +48,15 @@ def frost_texture(rng: SampleRandom, h: int, w: int, channels: int) -> torch.Ten
     cloud = ops.plasma_fractal(rng, size, 1.6)[:, None, :h, :w]
     sparks = (rng.uniform((1, h, w)) > 0.97).to(cloud.dtype)
     streaks = ops.motion_blur(sparks, max(1, min(h, w) // 16), 2.0, rng.uniform((), -90.0, 90.0))
-    tex = cloud + 2.0 * streaks
+    tex = (2.0 * streaks).add_(cloud)
     flat = tex.view(n, -1)
-    tex = (tex - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
+    tex.sub_(flat.mean(1).view(n, 1, 1, 1)).div_(flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1))
     level = rng.uniform((), *FROST_LEVEL).view(n, 1, 1, 1)
     spread = rng.uniform((), *FROST_SPREAD).view(n, 1, 1, 1)
-    tex = (level + spread * tex).clamp(0, 1)
+    tex.mul_(spread).add_(level).clamp_(0, 1)
     if channels == 3:
         tint = torch.tensor(FROST_TINT, dtype=tex.dtype, device=tex.device).view(1, 3, 1, 1)
-        tex = (tex * tint).clamp(0, 1)
+        tex = (tex * tint).clamp_(0, 1)
     elif channels != 1:
         tex = tex.expand(n, channels, h, w)
     return tex
@@ -66,7 +66,10 @@ def frost(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     """Ice on the lens: a blend of the image with a frost layer (synthesised, see frost_texture)."""
     a, b = FROST[severity - 1]
     n, c, h, w = x.shape
-    return (a * x + b * frost_texture(rng, h, w, c).to(x.device, x.dtype)).clamp(0, 1)
+    layer = frost_texture(rng, h, w, c).to(x.device, x.dtype)
+    out = layer.mul_(b) if layer.shape == x.shape else b * layer
+    out += a * x
+    return out.clamp_(0, 1)
 
 
 def fog(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
