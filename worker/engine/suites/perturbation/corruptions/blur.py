@@ -35,12 +35,17 @@ def glass_blur(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tenso
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     interior = ((ys >= delta) & (ys < h - delta) & (xs >= delta) & (xs < w - delta))
     base = ys * w + xs
+    source: torch.Tensor | None = None
     for _ in range(passes):
         # An interior pixel moved by (dy, dx) in [-d, d) stays inside the image.
         step = rng.randint(-delta, delta, (h, w)).mul_(w)
         step += rng.randint(-delta, delta, (h, w))
-        flat = step.mul_(interior).add_(base).view(n, 1, h * w).expand(n, c, h * w)
-        y = torch.gather(y.reshape(n, c, h * w), 2, flat).view(n, c, h, w)
+        flat = step.mul_(interior).add_(base).view(n, h * w)
+        # Pass k reads y_k[p] = y_{k-1}[flat[p]]: the passes compose into one source index.
+        source = flat if source is None else torch.gather(source, 1, flat)
+    if source is not None:
+        index = source.view(n, 1, h * w).expand(n, c, h * w)
+        y = torch.gather(y.reshape(n, c, h * w), 2, index).view(n, c, h, w)
     return ops.gaussian_blur(y, sigma).clamp_(0, 1)
 
 

@@ -50,7 +50,7 @@ def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torc
     xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx
     grid = torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], dim=-1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-    return out.clamp(0, 1)
+    return out.clamp_(0, 1)
 
 
 def pixelate(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
