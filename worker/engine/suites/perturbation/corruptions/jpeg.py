@@ -82,24 +82,33 @@ def jpeg_quantise(x: torch.Tensor, quality: int) -> torch.Tensor:
         y = _quantise_plane(_pad_to(v, 8), quality, chroma=False)[..., :h, :w]
         return (y.round().clamp_(0, 255).div_(255)).to(x.dtype)
     v = _pad_to(v, 16)
+    n, _, hp, wp = v.shape
     r, g, b = v[:, 0:1], v[:, 1:2], v[:, 2:3]
-    luma = _quantise_plane(_mix(r, 0.299, g, 0.587, b, 0.114).round_(), quality, chroma=False)
+    tmp = torch.empty_like(r)
+    luma = _quantise_plane(_mix([(r, 0.299), (g, 0.587), (b, 0.114)], tmp).round_(), quality, chroma=False)
     # 4:2:0: chroma averaged over 2x2 pixels, coded and upsampled back.
-    cb = _mix(r, -0.168736, g, -0.331264, b, 0.5)
-    cr = _mix(r, 0.5, g, -0.418688, b, -0.081312)
-    chroma = F.avg_pool2d(torch.cat([cb, cr], dim=1).add_(128), 2).round_()
+    chroma = torch.empty((n, 2, hp, wp), dtype=v.dtype, device=v.device)
+    _mix([(r, -0.168736), (g, -0.331264), (b, 0.5)], tmp, out=chroma[:, 0:1])
+    _mix([(r, 0.5), (g, -0.418688), (b, -0.081312)], tmp, out=chroma[:, 1:2])
+    chroma = F.avg_pool2d(chroma.add_(128), 2).round_()
     chroma = _quantise_plane(chroma, quality, chroma=True).sub_(128)
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
     cb, cr = chroma[:, 0:1], chroma[:, 1:2]
-    rgb = torch.cat([luma + 1.402 * cr, _mix(luma, 1.0, cb, -0.344136, cr, -0.714136), luma + 1.772 * cb], dim=1)
-    return rgb[..., :h, :w].round().clamp_(0, 255).div_(255).to(x.dtype)
+    rgb = torch.empty_like(v)
+    torch.mul(cr, 1.402, out=rgb[:, 0:1]).add_(luma)
+    _mix([(cb, -0.344136), (luma, 1.0), (cr, -0.714136)], tmp, out=rgb[:, 1:2])
+    torch.mul(cb, 1.772, out=rgb[:, 2:3]).add_(luma)
+    rgb = rgb.round_() if (hp, wp) == (h, w) else rgb[..., :h, :w].round()
+    return rgb.clamp_(0, 255).div_(255).to(x.dtype)
 
 
-def _mix(a: torch.Tensor, wa: float, b: torch.Tensor, wb: float, c: torch.Tensor, wc: float) -> torch.Tensor:
-    """wa a + wb b + wc c, summed left to right (one colour-matrix row)."""
-    out = a * wa
-    out += b * wb
-    out += c * wc
+def _mix(terms: list[tuple[torch.Tensor, float]], tmp: torch.Tensor, out: torch.Tensor | None = None
+         ) -> torch.Tensor:
+    """Sum of weight x plane over ``terms``, left to right (one colour-matrix row), into ``out``."""
+    (first, weight), *rest = terms
+    out = torch.mul(first, weight, out=out) if out is not None else first * weight
+    for plane, wt in rest:
+        out += torch.mul(plane, wt, out=tmp)
     return out
 
 
