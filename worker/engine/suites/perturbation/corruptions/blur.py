@@ -67,5 +67,6 @@ def zoom_blur(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor
     factors = zoom_factors(severity)
     out = x.clone()
     for f in factors:
-        out += ops.clipped_zoom(x, f)
+        # A zoom by exactly 1 is the image itself (bilinear, corners aligned, same size).
+        out += x if f == 1.0 else ops.clipped_zoom(x, f)
     return (out / (len(factors) + 1)).clamp(0, 1)

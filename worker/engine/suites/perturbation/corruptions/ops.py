@@ -212,38 +212,60 @@ def plasma_fractal(rng: SampleRandom, size: int, decay: float) -> torch.Tensor:
         step //= 2
     counts = [(size // s) ** 2 for s in levels]
     noise = rng.uniform((3 * sum(counts),), -1.0, 1.0).cpu().double()
-    grid = torch.zeros(n, size, size, dtype=torch.float64)
+    # Every point is written before it is read except the first corner, which starts at 0.
+    grid = torch.empty(n, size, size, dtype=torch.float64)
+    grid[:, 0, 0] = 0
     wibble, offset = 100.0, 0
 
-    def jitter(t: torch.Tensor) -> torch.Tensor:
-        """t / 4 + u * wibble * wibble, in place on the fresh tensor t."""
+    def jitter(t: torch.Tensor, into: torch.Tensor) -> None:
+        """into = t / 4 + u * wibble * wibble, u the next block of this level's noise."""
         nonlocal offset
         count = t.shape[1] * t.shape[2]
         u = noise[:, offset:offset + count].view(t.shape)
         offset += count
-        return t.div_(4).add_(torch.mul(u, wibble).mul_(wibble))
+        torch.div(t, 4, out=into).add_(torch.mul(u, wibble).mul_(wibble))
 
     for step in levels:
         half = step // 2
         corners = grid[:, 0::step, 0::step]
-        square = corners + corners.roll(-1, dims=1)
-        square += square.roll(-1, dims=2)
-        grid[:, half::step, half::step] = jitter(square)
+        square = _plus_rolled(_plus_rolled(corners, corners, -1, 1), None, -1, 2)
+        jitter(square, grid[:, half::step, half::step])
         centres = grid[:, half::step, half::step]
-        corners = grid[:, 0::step, 0::step]
-        top = centres + centres.roll(1, dims=1)
+        top = _plus_rolled(centres, centres, 1, 1)
         top += corners
-        top += corners.roll(-1, dims=2)
-        grid[:, 0::step, half::step] = jitter(top)
-        left = centres + centres.roll(1, dims=2)
+        jitter(_add_rolled_(top, corners, -1, 2), grid[:, 0::step, half::step])
+        left = _plus_rolled(centres, centres, 1, 2)
         left += corners
-        left += corners.roll(-1, dims=1)
-        grid[:, half::step, 0::step] = jitter(left)
+        jitter(_add_rolled_(left, corners, -1, 1), grid[:, half::step, 0::step])
         wibble /= decay
     flat = grid.view(n, -1)
     grid -= flat.amin(dim=1).view(n, 1, 1)
     hi = flat.amax(dim=1).clamp_min(1e-12).view(n, 1, 1)
     return grid.div_(hi).float().to(rng.device)
+
+
+def _plus_rolled(a: torch.Tensor, b: torch.Tensor | None, shift: int, dim: int) -> torch.Tensor:
+    """a + b.roll(shift, dim) (b = a when None) without materialising the roll."""
+    src = a if b is None else b
+    size = src.shape[dim]
+    s = shift % size
+    if s == 0:
+        return a + src
+    out = torch.empty_like(a)
+    torch.add(a.narrow(dim, s, size - s), src.narrow(dim, 0, size - s), out=out.narrow(dim, s, size - s))
+    torch.add(a.narrow(dim, 0, s), src.narrow(dim, size - s, s), out=out.narrow(dim, 0, s))
+    return out
+
+
+def _add_rolled_(out: torch.Tensor, src: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
+    """out += src.roll(shift, dim), in place (``out`` must not overlap ``src``)."""
+    size = src.shape[dim]
+    s = shift % size
+    if s == 0:
+        return out.add_(src)
+    out.narrow(dim, s, size - s).add_(src.narrow(dim, 0, size - s))
+    out.narrow(dim, 0, s).add_(src.narrow(dim, size - s, s))
+    return out
 
 
 def next_power_of_two(v: int) -> int:
