@@ -44,11 +44,13 @@ def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torc
     sigma = (h * 0.01, w * 0.01)
     max_d = h * 0.005
     field = rng.uniform((2, h, w), -max_d, max_d).to(x.dtype)
-    field = ops.gaussian_blur(field, sigma, truncate=3.0, mode="reflect") * alpha
+    field = ops.gaussian_blur(field, sigma, truncate=3.0, mode="reflect").mul_(alpha)
     dy, dx = field[:, 0], field[:, 1]
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx
-    grid = torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], dim=-1)
+    # The sampling grid in grid_sample's [-1, 1] coordinates, (x, y) last, built in place.
+    grid = torch.empty((n, h, w, 2), dtype=x.dtype, device=x.device)
+    for i, (d, size, view) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
+        pos = torch.arange(size, device=x.device, dtype=x.dtype).view(view)
+        torch.add(pos, d, out=grid[..., i]).mul_(2).div_(max(size - 1, 1)).sub_(1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
     return out.clamp_(0, 1)
 
