@@ -118,3 +118,27 @@ def test_motion_blur_fft_path_equals_the_sum_of_shifts(monkeypatch):
     monkeypatch.setattr(ops, "MOTION_FFT_MIN_SIDE", 10_000)
     shifts = ops.motion_blur(x, 15, 8.0, angles)
     assert torch.allclose(fft, shifts, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 1, 16, 16), (1, 3, 64, 80)])
+def test_corruptions_leave_their_input_alone(shape):
+    # The corruptions work in place on their own buffers; the caller's images must not change.
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
+    before = x.clone()
+    for name in CORRUPTIONS:
+        corrupt(x, name, 3, SampleRandom.from_seeds(range(shape[0])))
+        assert torch.equal(x, before), name
+
+
+def test_threaded_draws_give_the_same_images():
+    # Large per-sample draws run on torch's thread count, one generator per task.
+    x = torch.rand(3, 1, 256, 256, generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [corrupt(x, name, 2, SampleRandom.from_seeds([5, 6, 7])) for name in ("shot_noise", "impulse_noise")]
+        torch.set_num_threads(2)
+        two = [corrupt(x, name, 2, SampleRandom.from_seeds([5, 6, 7])) for name in ("shot_noise", "impulse_noise")]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

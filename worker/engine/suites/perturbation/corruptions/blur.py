@@ -30,18 +30,23 @@ def glass_blur(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tenso
     """
     sigma, delta, passes = GLASS[severity - 1]
     n, c, h, w = x.shape
-    y = (ops.gaussian_blur(x, sigma) * 255).floor().clamp(0, 255) / 255
+    y = ops.gaussian_blur(x, sigma).mul_(255).floor_().clamp_(0, 255).div_(255)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     interior = ((ys >= delta) & (ys < h - delta) & (xs >= delta) & (xs < w - delta))
+    base = ys * w + xs
+    source: torch.Tensor | None = None
     for _ in range(passes):
-        dy = rng.randint(-delta, delta, (h, w))
-        dx = rng.randint(-delta, delta, (h, w))
-        sy = torch.where(interior, ys + dy, ys.expand(n, h, w)).clamp(0, h - 1)
-        sx = torch.where(interior, xs + dx, xs.expand(n, h, w)).clamp(0, w - 1)
-        flat = (sy * w + sx).view(n, 1, h * w).expand(n, c, h * w)
-        y = torch.gather(y.reshape(n, c, h * w), 2, flat).view(n, c, h, w)
-    return ops.gaussian_blur(y, sigma).clamp(0, 1)
+        # An interior pixel moved by (dy, dx) in [-d, d) stays inside the image.
+        step = rng.randint(-delta, delta, (h, w)).mul_(w)
+        step += rng.randint(-delta, delta, (h, w))
+        flat = step.mul_(interior).add_(base).view(n, h * w)
+        # Pass k reads y_k[p] = y_{k-1}[flat[p]]: the passes compose into one source index.
+        source = flat if source is None else torch.gather(source, 1, flat)
+    if source is not None:
+        index = source.view(n, 1, h * w).expand(n, c, h * w)
+        y = torch.gather(y.reshape(n, c, h * w), 2, index).view(n, c, h, w)
+    return ops.gaussian_blur(y, sigma).clamp_(0, 1)
 
 
 def motion_blur(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
@@ -62,5 +67,6 @@ def zoom_blur(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor
     factors = zoom_factors(severity)
     out = x.clone()
     for f in factors:
-        out += ops.clipped_zoom(x, f)
+        # A zoom by exactly 1 is the image itself (bilinear, corners aligned, same size).
+        out += x if f == 1.0 else ops.clipped_zoom(x, f)
     return (out / (len(factors) + 1)).clamp(0, 1)

@@ -23,17 +23,17 @@ def brightness(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tenso
     c = BRIGHTNESS[severity - 1]
     if x.shape[1] != 3:
         return (x + c).clamp(0, 1)
-    v = x.max(dim=1, keepdim=True).values
-    v_new = (v + c).clamp(0, 1)
-    scaled = x * (v_new / v.clamp_min(1e-12))
-    return torch.where(v > 0, scaled, v_new.expand_as(x)).clamp(0, 1)
+    v = x.amax(dim=1, keepdim=True)
+    v_new = (v + c).clamp_(0, 1)
+    out = x * (v_new / v.clamp_min(1e-12))
+    return torch.where(v > 0, out, v_new, out=out).clamp_(0, 1)
 
 
 def contrast(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     """Pull every pixel towards its channel's mean."""
     c = CONTRAST[severity - 1]
     mean = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - mean) * c + mean).clamp(0, 1)
+    return (x - mean).mul_(c).add_(mean).clamp_(0, 1)
 
 
 def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
@@ -44,13 +44,15 @@ def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torc
     sigma = (h * 0.01, w * 0.01)
     max_d = h * 0.005
     field = rng.uniform((2, h, w), -max_d, max_d).to(x.dtype)
-    field = ops.gaussian_blur(field, sigma, truncate=3.0, mode="reflect") * alpha
+    field = ops.gaussian_blur(field, sigma, truncate=3.0, mode="reflect").mul_(alpha)
     dy, dx = field[:, 0], field[:, 1]
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx
-    grid = torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], dim=-1)
+    # The sampling grid in grid_sample's [-1, 1] coordinates, (x, y) last, built in place.
+    grid = torch.empty((n, h, w, 2), dtype=x.dtype, device=x.device)
+    for i, (d, size, view) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
+        pos = torch.arange(size, device=x.device, dtype=x.dtype).view(view)
+        torch.add(pos, d, out=grid[..., i]).mul_(2).div_(max(size - 1, 1)).sub_(1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-    return out.clamp(0, 1)
+    return out.clamp_(0, 1)
 
 
 def pixelate(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:

@@ -9,6 +9,7 @@ without a per-image round trip through a codec on the CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -40,16 +41,29 @@ def dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return m.to(device, dtype)
 
 
-def _quantise_plane(p: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """DCT, quantise, dequantise and inverse-DCT an N x H x W plane (0..255 scale, H, W multiples of 8)."""
-    n, h, w = p.shape
-    d = dct_matrix(p.device, p.dtype)
-    blocks = (p - 128).view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
-    coef = d @ blocks @ d.T
-    q = table.to(p.device, p.dtype)
-    coef = torch.round(coef / q) * q
-    back = d.T @ coef @ d + 128
-    return back.permute(0, 1, 3, 2, 4).reshape(n, h, w)
+@functools.lru_cache(maxsize=64)
+def _block_codec(quality: int, chroma: bool, device: torch.device, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(analysis, synthesis) 64 x 64 matrices for flattened 8x8 blocks: the 2-D DCT (the
+    Kronecker product of the 1-D one) with the division by the quantisation table folded into
+    the first and the multiplication by it into the second."""
+    d = dct_matrix(torch.device("cpu"), torch.float64)
+    d2 = torch.kron(d, d)  # coef.flatten() = d2 @ block.flatten()
+    q = quant_table(_CHROMA_Q if chroma else _LUMA_Q, quality).double().flatten()
+    analysis = d2.T / q.view(1, 64)
+    synthesis = q.view(64, 1) * d2
+    return analysis.to(device, dtype), synthesis.to(device, dtype)
+
+
+def _quantise_plane(p: torch.Tensor, quality: int, chroma: bool) -> torch.Tensor:
+    """DCT, quantise, dequantise and inverse-DCT N x P x H x W planes (0..255 scale, H, W
+    multiples of 8): every 8x8 block of the batch in two matrix products."""
+    n, c, h, w = p.shape
+    analysis, synthesis = _block_codec(quality, chroma, p.device, p.dtype)
+    blocks = p.view(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(-1, 64)
+    coef = torch.mm(blocks.sub_(128), analysis).round_()
+    back = torch.mm(coef, synthesis).add_(128)
+    return back.view(n, c, h // 8, w // 8, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -61,26 +75,41 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def jpeg_quantise(x: torch.Tensor, quality: int) -> torch.Tensor:
     """x (N x C x H x W, C = 1 or 3, in [0, 1]) after lossy JPEG coding at ``quality``."""
     n, c, h, w = x.shape
-    luma_q, chroma_q = quant_table(_LUMA_Q, quality), quant_table(_CHROMA_Q, quality)
-    v = torch.round(x.clamp(0, 1) * 255)
-    if c == 1:
-        y = _quantise_plane(_pad_to(v, 8)[:, 0], luma_q)[:, None, :h, :w]
-        return (torch.round(y).clamp(0, 255) / 255).to(x.dtype)
-    if c != 3:
+    if c not in (1, 3):
         raise ValueError(f"JPEG takes 1 or 3 channels, got {c}")
+    v = x.clamp(0, 1).mul_(255).round_()
+    if c == 1:
+        y = _quantise_plane(_pad_to(v, 8), quality, chroma=False)[..., :h, :w]
+        return (y.round().clamp_(0, 255).div_(255)).to(x.dtype)
     v = _pad_to(v, 16)
-    r, g, b = v[:, 0], v[:, 1], v[:, 2]
-    yy = 0.299 * r + 0.587 * g + 0.114 * b
-    cb = -0.168736 * r - 0.331264 * g + 0.5 * b + 128
-    cr = 0.5 * r - 0.418688 * g - 0.081312 * b + 128
-    yy = _quantise_plane(torch.round(yy), luma_q)
-    chroma = torch.stack([cb, cr], dim=1)
-    chroma = torch.round(F.avg_pool2d(chroma, 2))
-    chroma = torch.stack([_quantise_plane(chroma[:, i], chroma_q) for i in range(2)], dim=1)
+    n, _, hp, wp = v.shape
+    r, g, b = v[:, 0:1], v[:, 1:2], v[:, 2:3]
+    tmp = torch.empty_like(r)
+    luma = _quantise_plane(_mix([(r, 0.299), (g, 0.587), (b, 0.114)], tmp).round_(), quality, chroma=False)
+    # 4:2:0: chroma averaged over 2x2 pixels, coded and upsampled back.
+    chroma = torch.empty((n, 2, hp, wp), dtype=v.dtype, device=v.device)
+    _mix([(r, -0.168736), (g, -0.331264), (b, 0.5)], tmp, out=chroma[:, 0:1])
+    _mix([(r, 0.5), (g, -0.418688), (b, -0.081312)], tmp, out=chroma[:, 1:2])
+    chroma = F.avg_pool2d(chroma.add_(128), 2).round_()
+    chroma = _quantise_plane(chroma, quality, chroma=True).sub_(128)
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
-    cb, cr = chroma[:, 0] - 128, chroma[:, 1] - 128
-    rgb = torch.stack([yy + 1.402 * cr, yy - 0.344136 * cb - 0.714136 * cr, yy + 1.772 * cb], dim=1)
-    return (torch.round(rgb[..., :h, :w]).clamp(0, 255) / 255).to(x.dtype)
+    cb, cr = chroma[:, 0:1], chroma[:, 1:2]
+    rgb = torch.empty_like(v)
+    torch.mul(cr, 1.402, out=rgb[:, 0:1]).add_(luma)
+    _mix([(cb, -0.344136), (luma, 1.0), (cr, -0.714136)], tmp, out=rgb[:, 1:2])
+    torch.mul(cb, 1.772, out=rgb[:, 2:3]).add_(luma)
+    rgb = rgb.round_() if (hp, wp) == (h, w) else rgb[..., :h, :w].round()
+    return rgb.clamp_(0, 255).div_(255).to(x.dtype)
+
+
+def _mix(terms: list[tuple[torch.Tensor, float]], tmp: torch.Tensor, out: torch.Tensor | None = None
+         ) -> torch.Tensor:
+    """Sum of weight x plane over ``terms``, left to right (one colour-matrix row), into ``out``."""
+    (first, weight), *rest = terms
+    out = torch.mul(first, weight, out=out) if out is not None else first * weight
+    for plane, wt in rest:
+        out += torch.mul(plane, wt, out=tmp)
+    return out
 
 
 def jpeg_compression(x: torch.Tensor, severity: int, rng: object = None) -> torch.Tensor:

@@ -2,15 +2,32 @@
 
 Each sample owns a seeded CPU :class:`torch.Generator`; draws are made per sample and stacked,
 then moved to the images' device. The draws are small next to the image work, so a batch
-still runs as one set of tensor operations.
+still runs as one set of tensor operations. Large per-sample draws (Poisson counts above all:
+torch samples them one value at a time) are spread over ``torch.get_num_threads()`` threads,
+one generator per task, so the numbers do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+#: per-sample draws of at least this many values are made on several threads.
+THREADED_DRAW_MIN = 1 << 16
+
+
+def _each(count: int, size: int, task: Callable[[int], object]) -> None:
+    """task(i) for i in range(count), on torch's thread count when each task is large enough."""
+    workers = min(torch.get_num_threads(), count)
+    if workers <= 1 or size < THREADED_DRAW_MIN:
+        for i in range(count):
+            task(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(task, range(count)))
 
 
 def sample_seed(seed: int, *parts: object) -> int:
@@ -43,21 +60,43 @@ class SampleRandom:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def _stack(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(parts).to(self.device)
+    def _draw(self, shape: Sequence[int], fill: Callable[[torch.Tensor, torch.Generator], object],
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, *shape) draws: each sample's generator fills its own row of one CPU tensor, in place."""
+        out = torch.empty((len(self.generators), *shape), dtype=dtype)
+        _each(len(self.generators), out[0].numel() if len(out) else 0,
+              lambda i: fill(out[i], self.generators[i]))
+        return out
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device)
 
     def uniform(self, shape: Sequence[int], low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """Uniform on [low, high)."""
-        return self._stack([torch.rand(tuple(shape), generator=g) * (high - low) + low for g in self.generators])
+        out = self._draw(shape, lambda row, g: torch.rand(row.shape, generator=g, out=row))
+        if (low, high) != (0.0, 1.0):
+            out.mul_(high - low).add_(low)
+        return self._to_device(out)
 
     def normal(self, shape: Sequence[int], mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-        return self._stack([torch.randn(tuple(shape), generator=g) * std + mean for g in self.generators])
+        out = self._draw(shape, lambda row, g: torch.randn(row.shape, generator=g, out=row))
+        if (mean, std) != (0.0, 1.0):
+            out.mul_(std).add_(mean)
+        return self._to_device(out)
 
     def randint(self, low: int, high: int, shape: Sequence[int]) -> torch.Tensor:
         """Integers in [low, high)."""
-        return self._stack([torch.randint(low, high, tuple(shape), generator=g) for g in self.generators])
+        out = self._draw(shape, lambda row, g: torch.randint(low, high, row.shape, generator=g, out=row),
+                         dtype=torch.int64)
+        return self._to_device(out)
 
     def poisson(self, rates: torch.Tensor) -> torch.Tensor:
         """Poisson counts for per-sample rates (N, ...); drawn on the CPU per sample."""
         cpu = rates.detach().float().cpu()
-        return self._stack([torch.poisson(cpu[i], generator=g) for i, g in enumerate(self.generators)])
+        out = torch.empty_like(cpu)
+
+        def draw(i: int) -> None:
+            out[i] = torch.poisson(cpu[i], generator=self.generators[i])
+
+        _each(len(self.generators), 1 << 30, draw)  # always worth threads: ~40 ns a value
+        return self._to_device(out)

@@ -26,12 +26,13 @@ def snow(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     n, c, h, w = x.shape
     flakes = rng.normal((1, h, w), mean, std)
     flakes = ops.clipped_zoom(flakes, zoom)
-    flakes = torch.where(flakes < thresh, torch.zeros_like(flakes), flakes).clamp(0, 1)
+    flakes = flakes.masked_fill(flakes < thresh, 0.0).clamp_(0, 1)
     angle = rng.uniform((), -135.0, -45.0)
     flakes = ops.motion_blur(flakes, radius, sigma, angle)
-    flakes = torch.round(flakes * 255) / 255
-    base = blend * x + (1 - blend) * torch.maximum(x, ops.gray(x) * 1.5 + 0.5)
-    return (base + flakes + flakes.flip(-1, -2)).clamp(0, 1)
+    flakes = flakes.mul(255).round_().div_(255)
+    base = torch.maximum(x, (ops.gray(x) * 1.5).add_(0.5)).mul_(1 - blend)
+    base += blend * x
+    return base.add_(flakes).add_(flakes.flip(-1, -2)).clamp_(0, 1)
 
 
 def frost_texture(rng: SampleRandom, h: int, w: int, channels: int) -> torch.Tensor:
@@ -47,15 +48,15 @@ def frost_texture(rng: SampleRandom, h: int, w: int, channels: int) -> torch.Ten
     cloud = ops.plasma_fractal(rng, size, 1.6)[:, None, :h, :w]
     sparks = (rng.uniform((1, h, w)) > 0.97).to(cloud.dtype)
     streaks = ops.motion_blur(sparks, max(1, min(h, w) // 16), 2.0, rng.uniform((), -90.0, 90.0))
-    tex = cloud + 2.0 * streaks
+    tex = (2.0 * streaks).add_(cloud)
     flat = tex.view(n, -1)
-    tex = (tex - flat.mean(1).view(n, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1)
+    tex.sub_(flat.mean(1).view(n, 1, 1, 1)).div_(flat.std(1).clamp_min(1e-6).view(n, 1, 1, 1))
     level = rng.uniform((), *FROST_LEVEL).view(n, 1, 1, 1)
     spread = rng.uniform((), *FROST_SPREAD).view(n, 1, 1, 1)
-    tex = (level + spread * tex).clamp(0, 1)
+    tex.mul_(spread).add_(level).clamp_(0, 1)
     if channels == 3:
         tint = torch.tensor(FROST_TINT, dtype=tex.dtype, device=tex.device).view(1, 3, 1, 1)
-        tex = (tex * tint).clamp(0, 1)
+        tex = (tex * tint).clamp_(0, 1)
     elif channels != 1:
         tex = tex.expand(n, channels, h, w)
     return tex
@@ -65,7 +66,10 @@ def frost(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     """Ice on the lens: a blend of the image with a frost layer (synthesised, see frost_texture)."""
     a, b = FROST[severity - 1]
     n, c, h, w = x.shape
-    return (a * x + b * frost_texture(rng, h, w, c).to(x.device, x.dtype)).clamp(0, 1)
+    layer = frost_texture(rng, h, w, c).to(x.device, x.dtype)
+    out = layer.mul_(b) if layer.shape == x.shape else b * layer
+    out += a * x
+    return out.clamp_(0, 1)
 
 
 def fog(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
@@ -74,6 +78,6 @@ def fog(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     n, c, h, w = x.shape
     size = ops.next_power_of_two(max(h, w))
     haze = ops.plasma_fractal(rng, size, decay)[:, None, :h, :w].to(x.device, x.dtype)
-    peak = x.reshape(n, -1).max(dim=1).values.view(n, 1, 1, 1)
+    peak = x.reshape(n, -1).amax(dim=1).view(n, 1, 1, 1)
     return ((x + strength * haze) * peak / (peak + strength)).clamp(0, 1)
 
