@@ -194,7 +194,9 @@ def main() -> None:
         return
     from worker.engine.suites import get_suite
 
-    demo = dict(get_suite("attacks").demo_params)
+    # Parts 2a-2d only: the regional, loss-comparison and transfer parts (2e-2g) run unbounded
+    # iterative attacks of their own and are measured by bench/attacks_extras.py.
+    demo = {**get_suite("attacks").demo_params, "regional": False, "loss_comparison": False}
     configs = {"demo parameters (FGSM, PGD, CW, FMN, targeted)": demo,
                "PGD parts only (FGSM, PGD, targeted; no CW, no FMN)": {**demo, "attacks": ["fgsm", "pgd"],
                                                                         "minimal": "none"},
