@@ -4,7 +4,6 @@ broker and store, no Redis) driven by the ``robustaudit submit`` client and its 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from service.cli import main
 from service.client import Client, ClientError
-from service.demo import free_port, wait_ready
+from service.demo import free_port, stop, wait_ready
 from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +35,7 @@ def server(tmp_path_factory):
         wait_ready(Client(url, "secret-ci"), proc, timeout=120)
         yield url, home
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
         log.close()
         print(Path(home / "serve.log").read_text()[-3000:])
     assert proc.returncode == 0, "serve did not stop cleanly"
