@@ -12,6 +12,7 @@ import fnmatch
 import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -179,6 +180,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         bar.close()
         print("robustaudit: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    except ModuleNotFoundError as exc:
+        # The core needs torch alone; suites' artifacts need numpy (NPZ) and matplotlib (PNG).
+        bar.close()
+        print(f"robustaudit: error: the Python package {exc.name!r} is missing; the suites' artifacts need "
+              "numpy and matplotlib: pip install numpy matplotlib (or carry their wheels)", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception:
+        # Never exit 1 (which means "a gate failed") on a crash: a pipeline would misread it.
+        bar.close()
+        traceback.print_exc()
+        print("robustaudit: internal error (a bug: please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
     bar.close()
     if not args.quiet:
         print("\n".join(summary_lines(report)))

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import DatasetError
 from ..samples import match_channels
+
+if TYPE_CHECKING:  # numpy and Pillow are imported where images are decoded: the engine runs on torch alone
+    import numpy as np
+    from PIL import Image
 
 _GREY_MODES = {"1", "L", "LA", "La"}
 _WIDE_GREY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -27,6 +30,8 @@ def array_to_tensor(arr: np.ndarray, shown: str) -> torch.Tensor:
         arr: the pixels.
         shown: what to call the image in an error message (file name, sample id).
     """
+    import numpy as np
+
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
@@ -60,6 +65,8 @@ def _scale(t: torch.Tensor, shown: str) -> torch.Tensor:
 
 def pil_to_tensor(img: Image.Image, shown: str) -> torch.Tensor:
     """A PIL image -> 1 x H x W (grey modes) or 3 x H x W (everything else)."""
+    import numpy as np
+
     mode = img.mode
     if mode in _GREY_MODES:
         return array_to_tensor(np.asarray(img.convert("L")), shown)
@@ -79,6 +86,8 @@ def pil_to_tensor(img: Image.Image, shown: str) -> torch.Tensor:
 
 def read_image_file(path: str | os.PathLike[str], shown: str) -> torch.Tensor:
     """Decode one image file; a file PIL cannot read is a :class:`DatasetError` naming it."""
+    from PIL import Image
+
     try:
         with Image.open(path) as img:
             img.load()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from ...errors import DatasetError
 from ..images import array_to_tensor
 from .base import Catalog, Source
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class NpzSource(Source):
@@ -24,6 +27,8 @@ class NpzSource(Source):
     def catalog(self) -> Catalog:
         shown = self.ref.path or ""
         path = self.roots.resolve(shown)
+        import numpy as np
+
         try:
             loaded = np.load(path, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -52,6 +57,8 @@ class NpzSource(Source):
 
 
 def _check_images(images: np.ndarray, shown: str) -> np.ndarray:
+    import numpy as np
+
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
         raise DatasetError(f"npz {shown!r}: 'images' must be N x H x W or N x H x W x C with C in (1, 3), "
                            f"got shape {images.shape}", path=shown)
@@ -67,6 +74,8 @@ def _check_images(images: np.ndarray, shown: str) -> np.ndarray:
 
 
 def _check_labels(labels: np.ndarray, n: int, shown: str) -> torch.Tensor:
+    import numpy as np
+
     if labels.dtype.kind not in "iu":
         raise DatasetError(f"npz {shown!r}: 'labels' must be integers, got {labels.dtype}", path=shown)
     if labels.shape != (n,):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...errors import DatasetError
@@ -64,6 +63,8 @@ class TorchvisionSource(Source):
         targets = getattr(self._ds, "targets", None)
         if targets is None:
             targets = self._ds.labels  # SVHN
+        import numpy as np  # torchvision needs it anyway
+
         labels = torch.as_tensor(np.asarray(targets), dtype=torch.int64).reshape(-1)
         classes = getattr(self._ds, "classes", None)
         names = [str(c) for c in classes] if classes else [str(i) for i in range(spec.num_classes)]
