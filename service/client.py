@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.engine.cli import ProgressBar
+from worker.engine.errors import AuditInputError
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -153,8 +155,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         bar = ProgressBar(sys.stderr, enabled=sys.stderr.isatty() and not args.quiet)
         audit = wait_for(client, created["id"], timeout=args.timeout, bar=bar)
         bar.close()
-    except (ClientError, OSError, ValueError) as exc:
+    except (ClientError, AuditInputError, OSError, ValueError) as exc:
         print(f"robustaudit submit: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception:  # exit 1 means "a gate failed": a crash must never look like it
+        traceback.print_exc()
+        print("robustaudit submit: internal error", file=sys.stderr)
         return EXIT_ERROR
     if audit["status"] != "succeeded":
         err = audit.get("error") or {}

@@ -53,6 +53,9 @@ def test_submit_exit_codes(server, capsys):
     assert submit(url, *common, "--suite", "no_such_suite") == 2
     assert "no_such_suite" in capsys.readouterr().err
     assert submit(url, *common, "--set", "clean.ece_bins=0") == 2
+    bad_dataset = [a if a != "builtin:digits" else "ftp:nowhere" for a in common]
+    assert submit(url, *bad_dataset) == 2  # refused before anything is sent, not a crash
+    assert "ftp" in capsys.readouterr().err
     assert (home / "broker.sqlite").exists() and (home / "store.sqlite").exists()
 
 
