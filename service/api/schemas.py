@@ -113,18 +113,20 @@ class AuditQuerySchema(PageQuerySchema):
     label = fields.String()
 
 
-class AuditPageSchema(Schema):
+class PageSchema(Schema):
+    """The paging fields every list answer has; subclasses add ``items``."""
+
+    page = fields.Integer()
+    page_size = fields.Integer()
+    total = fields.Integer()
+
+
+class AuditPageSchema(PageSchema):
     items = fields.List(fields.Nested(AuditSummarySchema))
-    page = fields.Integer()
-    page_size = fields.Integer()
-    total = fields.Integer()
 
 
-class ModelPageSchema(Schema):
+class ModelPageSchema(PageSchema):
     items = fields.List(fields.Nested(ModelSchema))
-    page = fields.Integer()
-    page_size = fields.Integer()
-    total = fields.Integer()
 
 
 class ArtifactSchema(Schema):
@@ -149,11 +151,8 @@ class ScheduleSchema(Schema):
     last_run_at = fields.DateTime(allow_none=True)
 
 
-class SchedulePageSchema(Schema):
+class SchedulePageSchema(PageSchema):
     items = fields.List(fields.Nested(ScheduleSchema))
-    page = fields.Integer()
-    page_size = fields.Integer()
-    total = fields.Integer()
 
 
 class RunSchema(Schema):
