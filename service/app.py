@@ -10,6 +10,7 @@ from flask import Flask
 
 from . import __version__
 from .api import audits_api, models_api, ops, schedules_api
+from .api.bounds import BoundedRequest, check_request
 from .api.context import Services
 from .api.errors import RobustauditApi, register_error_handlers
 from .api.schemas import audit_request_schema, schedule_request_schema
@@ -34,6 +35,14 @@ def create_app(config: Config | None = None, *, dispatcher: Dispatcher | None = 
     config = config or Config.from_env()
     load_plugins(config)
     app = Flask("robustaudit")
+    # Multipart fields are checked for NUL/surrogates when a view first reads them.
+    app.request_class = BoundedRequest
+    # No redirects: Werkzeug answers '//v1/models' or a trailing slash with a 308 HTML page.
+    # Set before any rule is added, since rules take these defaults when they are bound.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    # Before authentication and before routing errors: bad paths, queries and headers are refused first.
+    app.before_request(check_request)
     # Reports keep their order (clean first, then suites in run order); Flask sorts by default.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.update(

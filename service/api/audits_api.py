@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import request, send_file, url_for
@@ -17,6 +16,7 @@ from worker.engine.datasets import DataRoots
 from ..audits import build_request, cancel_audit, create_audit, find_idempotent, request_hash
 from ..store.models import Audit, AuditStatus, utcnow
 from .auth import authenticate, owned, tenant
+from .bounds import parse_json_body
 from .context import services
 from .errors import ApiError
 from .models_api import find_model, get_model, upload_model
@@ -80,13 +80,7 @@ def load_body(schema: type[Schema]) -> dict[str, Any]:
 
 
 def _json(raw: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"{what} is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"{what} must be a JSON object", code="invalid_json")
-    return body
+    return parse_json_body(raw, what)  # bounded size and depth, no NUL or lone surrogates
 
 
 def get_audit(session: Any, audit_id: str) -> Audit:

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 #: HTTP status -> the default machine-readable code.
 CODES: dict[int, str] = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
-    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    409: "conflict", 413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+    417: "expectation_failed", 422: "validation_error", 429: "too_many_requests", 431: "header_fields_too_large",
+    500: "internal_error", 501: "not_implemented", 503: "unavailable",
 }
 
 
@@ -33,11 +34,14 @@ class ApiError(Exception):
         self.details = details
 
 
+def error_body(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The error body; ``details`` is always there (an empty object when there are none), so
+    clients can read it without a check."""
+    return {"status": status, "code": code, "message": message, "details": dict(details or {})}
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
-    body: dict[str, Any] = {"status": status, "code": code, "message": message}
-    if details:
-        body["details"] = details
-    resp = jsonify(body)
+    resp = jsonify(error_body(status, code, message, details))
     resp.status_code = status
     return resp
 

@@ -11,6 +11,12 @@ from worker.engine.suites import SUITES
 from ..store.models import AuditStatus
 from .suite_schemas import suites_schema
 
+#: every integer a client sends fits the store's and torch's int64
+INT64_MAX = 2**63 - 1
+#: pages: page * page_size stays far inside int64 (the offset a database computes)
+MAX_PAGE, MAX_PAGE_SIZE = 1_000_000, 200
+MAX_LABEL, MAX_ID = 200, 255
+
 
 class ErrorSchema(Schema):
     """The one error body of every 4xx and 5xx."""
@@ -18,7 +24,8 @@ class ErrorSchema(Schema):
     status = fields.Integer(required=True, metadata={"description": "HTTP status"})
     code = fields.String(required=True, metadata={"description": "machine-readable error code"})
     message = fields.String(required=True, metadata={"description": "what went wrong and what to fix"})
-    details = fields.Dict(metadata={"description": "structured details, e.g. per-field validation errors"})
+    details = fields.Dict(required=True, metadata={"description": "structured details, e.g. per-field validation "
+                                                                  "errors (an empty object when there are none)"})
 
 
 GATE_DOC = "'SUITE.METRIC OP NUMBER' (e.g. 'clean.top1 >= 0.9') or {metric, op, threshold}"
@@ -38,7 +45,7 @@ def schedule_request_schema() -> type[Schema]:
 @cache
 def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[Schema]]:
     class AuditRequest(Schema):
-        model = fields.String(required=True, metadata={
+        model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_ID), metadata={
             "description": "id of a registered model (or, in a multipart request, the parts "
                            "'checkpoint' and 'card' and this body as the JSON part 'spec')"})
         dataset = fields.Raw(required=True, metadata={"description": DATASET_DOC})
@@ -46,11 +53,11 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
                                metadata={"description": "suite name -> parameters (null: defaults); "
                                                         "clean always runs"})
         gates = fields.List(fields.Raw(), load_default=list, metadata={"description": GATE_DOC})
-        seed = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
-        label = fields.String(allow_none=True, validate=validate.Length(max=200), load_default=None)
+        seed = fields.Integer(strict=True, validate=validate.Range(min=0, max=INT64_MAX), load_default=0)
+        label = fields.String(allow_none=True, validate=validate.Length(max=MAX_LABEL), load_default=None)
 
     class ScheduleRequest(AuditRequest):
-        cron = fields.String(required=True, metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
+        cron = fields.String(required=True, validate=validate.Length(min=1, max=100), metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
 
     return AuditRequest, ScheduleRequest
 
@@ -60,6 +67,7 @@ class ModelSchema(Schema):
     name = fields.String()
     sha256 = fields.String()
     format = fields.String()
+    kind = fields.String(metadata={"enum": ["classifier", "generator"]})
     size_bytes = fields.Integer()
     card = fields.Dict()
     created_at = fields.DateTime()
@@ -70,6 +78,9 @@ class ModelUploadSchema(Schema):
                                                      "description": "the checkpoint file"})
     card = fields.Raw(metadata={"type": "string", "format": "binary",
                                 "description": "the model card (JSON), as a file or a form field; required"})
+    kind = fields.String(metadata={"enum": ["classifier", "generator"], "description":
+                                   "classifier (default: an audited model or a surrogate) or generator (for the "
+                                   "perturbation suite's generator layers; the card is a generator card)"})
 
 
 def _status() -> fields.String:
@@ -103,14 +114,14 @@ class AuditSchema(AuditSummarySchema):
 
 
 class PageQuerySchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
-    page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
 
 
 class AuditQuerySchema(PageQuerySchema):
     status = fields.Enum(AuditStatus, by_value=True)
-    model = fields.String(metadata={"description": "model id"})
-    label = fields.String()
+    model = fields.String(validate=validate.Length(max=MAX_ID), metadata={"description": "model id"})
+    label = fields.String(validate=validate.Length(max=MAX_LABEL))
 
 
 class PageSchema(Schema):

@@ -7,6 +7,7 @@ come from the registry: a suite added to ``SUITES`` appears here without a chang
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +21,21 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _bounds(p: Param) -> list[validate.Validator]:
     if p.minimum is None and p.maximum is None:
         return []
     return [validate.Range(min=p.minimum, max=p.maximum)]
+
+
+def _int_bounds(p: Param) -> list[validate.Validator]:
+    """An integer parameter without its own bounds still fits an int64 (torch, the store), and the
+    OpenAPI document says so."""
+    low = INT64_MIN if p.minimum is None else max(INT64_MIN, math.ceil(p.minimum))
+    high = INT64_MAX if p.maximum is None else min(INT64_MAX, math.floor(p.maximum))
+    return [validate.Range(min=low, max=high)]
 
 
 def _items(p: Param) -> list[validate.Validator]:
@@ -31,12 +43,13 @@ def _items(p: Param) -> list[validate.Validator]:
 
 
 _FIELD_BUILDERS: dict[ParamKind, Callable[[Param, str], fields.Field]] = {
-    ParamKind.INT: lambda p, _: fields.Integer(strict=True, validate=_bounds(p)),
+    ParamKind.INT: lambda p, _: fields.Integer(strict=True, validate=_int_bounds(p)),
     ParamKind.FLOAT: lambda p, _: fields.Float(validate=_bounds(p)),
     ParamKind.BOOL: lambda p, _: fields.Boolean(truthy={True}, falsy={False}),
     ParamKind.STR: lambda p, _: fields.String(validate=validate.Length(min=1)),
     ParamKind.CHOICE: lambda p, _: fields.String(validate=validate.OneOf(p.choices)),
-    ParamKind.INT_LIST: lambda p, _: fields.List(fields.Integer(strict=True, validate=_bounds(p)), validate=_items(p)),
+    ParamKind.INT_LIST: lambda p, _: fields.List(fields.Integer(strict=True, validate=_int_bounds(p)),
+                                                 validate=_items(p)),
     ParamKind.FLOAT_LIST: lambda p, _: fields.List(fields.Float(validate=_bounds(p)), validate=_items(p)),
     ParamKind.CHOICE_LIST: lambda p, _: fields.List(fields.String(validate=validate.OneOf(p.choices)),
                                                     validate=_items(p)),
