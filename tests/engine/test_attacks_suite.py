@@ -18,8 +18,9 @@ from worker.engine.suites.attacks.params import eps_key
 from worker.engine.suites.attacks.targeted import targets_for
 from worker.engine.suites.base import ArtifactStore, SuiteContext
 
-SMALL = {"linf_eps": [0.02, 0.05], "l2_eps": [0.2, 0.5], "pgd_steps": 5, "cw_steps": 5, "cw_search_steps": 1,
-         "minimal_steps": 10, "targeted_eps": 0.05, "targeted_steps": 5, "max_targets": 3, "batch_size": 5}
+SMALL = {"linf_eps": [0.02, 0.05], "l2_eps": [0.2, 0.5], "attacks": ["pgd", "fgsm", "cw"], "cascade": False,
+         "attack_params": {"pgd": {"steps": 5}, "cw": {"steps": 5, "binary_search_steps": 1}, "fmn": {"steps": 10}},
+         "targeted_eps": 0.05, "targeted_steps": 5, "max_targets": 3, "batch_size": 5}
 HIERARCHY = {str(i): ("low" if i < 5 else "high") for i in range(10)}
 
 
@@ -160,7 +161,7 @@ def test_sanity_flag_tripped_by_a_model_built_for_it(tmp_path, model, code):
 
 def test_weaker_attack_stronger_is_flagged(tmp_path):
     # PGD that cannot move (a vanishing step, no random start) is beaten by FGSM.
-    params = {**QUICK, "pgd_rel_step": 1e-6, "pgd_random_start": False}
+    params = {**QUICK, "attack_params": {"pgd": {"steps": 5, "rel_stepsize": 1e-6, "random_start": False}}}
     entry = audit(tmp_path, classifier(), labelled(20), params)
     flags = [w for w in entry["warnings"] if w["code"] == "weaker_attack_stronger"]
     assert flags and flags[0]["details"]["weaker"] == "fgsm" and flags[0]["details"]["samples"] > 0

@@ -111,17 +111,37 @@ def check_gates(gates: list[Gate], catalog: Mapping[str, list[str]]) -> None:
                             f"with these parameters; it produces: {shown}{more}", gate=gate.metric)
 
 
-def evaluate_gates(gates: list[Gate], suite_metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each gate with the measured value and whether it passed. A missing or undefined value fails."""
+def evaluate_gates(gates: list[Gate], suite_metrics: Mapping[str, Mapping[str, Any]], *,
+                   unreliable: Mapping[str, Mapping[str, Any] | None] | None = None,
+                   accept_unreliable: bool = False) -> list[dict[str, Any]]:
+    """Each gate with the measured value, its status and whether it passed. A missing or
+    undefined value fails.
+
+    ``unreliable`` maps a suite to ``{"flags": [...], "metrics": [path patterns]}``: the
+    metrics that a sanity flag makes untrustworthy (gradient masking, randomness). A gate on
+    one of them has status ``unreliable``, names the flags, and does not pass unless
+    ``accept_unreliable`` (the request's explicit choice, recorded in the row).
+    """
     out = []
     for gate in gates:
         leaf = lookup(suite_metrics.get(gate.suite, {}), gate.path)
         value = None if leaf is None else leaf["value"]
-        passed = value is not None and _COMPARE[gate.op](value, gate.threshold)
-        row = {**gate.to_dict(), "value": value, "passed": bool(passed)}
+        met = value is not None and _COMPARE[gate.op](value, gate.threshold)
+        row: dict[str, Any] = {**gate.to_dict(), "value": value}
         if leaf is None:
             row["reason"] = "metric not present in the report"
         elif value is None:
             row["reason"] = "metric undefined for this sample"
+        shaky = (unreliable or {}).get(gate.suite)
+        if shaky and any(path_matches(p, gate.path) for p in shaky["metrics"]):
+            flags = list(shaky["flags"])
+            row.update(status="unreliable", flags=flags, accepted=accept_unreliable,
+                       passed=bool(met and accept_unreliable))
+            row.setdefault("reason", f"sanity flags {flags} invalidate gradient attacks and no gradient-free "
+                           "attack backs this metric" + ("; accepted by the request (accept_unreliable)"
+                                                         if accept_unreliable else
+                                                         "; set accept_unreliable to let it pass"))
+        else:
+            row.update(status="pass" if met else "fail", passed=bool(met))
         out.append(row)
     return out

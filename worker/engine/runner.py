@@ -175,7 +175,9 @@ def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn |
     for name, params in spec.suites.items():
         suites[name] = run_suite(name, params, ctx, inputs.samples, checkpoints=checkpoints,
                                  shards=shard_count(len(inputs.samples), shards, shard_size))
-    gates = evaluate_gates(spec.gates, {n: s["metrics"] for n, s in suites.items()})
+    gates = evaluate_gates(spec.gates, {n: s["metrics"] for n, s in suites.items()},
+                           unreliable={n: s.get("unreliable") for n, s in suites.items()},
+                           accept_unreliable=spec.accept_unreliable)
     report = build_report(spec=spec.to_dict(), started=started, finished=utc_now(),
                           classifier=inputs.classifier, samples=inputs.samples, suites=suites, gates=gates,
                           warnings=inputs.warnings)

@@ -16,7 +16,7 @@ from .errors import AuditInputError, SpecError
 from .gates import Gate, check_gates
 from .suites import SUITES, get_suite
 
-SPEC_KEYS = {"model", "card", "dataset", "suites", "gates", "seed", "device", "label"}
+SPEC_KEYS = {"model", "card", "dataset", "suites", "gates", "seed", "device", "label", "accept_unreliable"}
 
 
 @dataclass
@@ -32,6 +32,8 @@ class AuditSpec:
         seed: seeds every random choice of the suites.
         device: "auto", "cpu", "cuda" or "cuda:N".
         label: free text for the user.
+        accept_unreliable: let gates pass on metrics that a sanity flag makes unreliable
+            (gradient masking, randomness, with no gradient-free attack behind them).
     """
 
     model: str
@@ -42,6 +44,7 @@ class AuditSpec:
     seed: int = 0
     device: str = "auto"
     label: str | None = None
+    accept_unreliable: bool = False
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AuditSpec:
@@ -77,13 +80,16 @@ class AuditSpec:
         label = raw.get("label")
         if label is not None and not isinstance(label, str):
             raise SpecError("'label' must be a string")
+        accept = raw.get("accept_unreliable", False)
+        if not isinstance(accept, bool):
+            raise SpecError("'accept_unreliable' must be true or false")
         return cls(model=model, card=card, dataset=dataset, suites=suites, gates=gates, seed=seed,
-                   device=device, label=label)
+                   device=device, label=label, accept_unreliable=accept)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "card": self.card, "dataset": self.dataset.to_dict(),
                 "suites": self.suites, "gates": [g.to_dict() for g in self.gates], "seed": self.seed,
-                "device": self.device, "label": self.label}
+                "device": self.device, "label": self.label, "accept_unreliable": self.accept_unreliable}
 
 
 def validate_suites(raw: Any) -> dict[str, dict[str, Any]]:

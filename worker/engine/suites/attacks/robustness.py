@@ -4,79 +4,152 @@ the minimal perturbation per sample (FMN)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ...attacks import Attack, AttackResult, Loss, make_attack
+from ...attacks import Attack, AttackResult, make_attack
+from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric
 from .common import Record, in_batches, median, seeds_for, share
-from .params import attacks_for, budgets, eps_key
+from .params import attacks_for, budgets, eps_key, gradient_free
 
-# attack name -> its constructor arguments from the suite's parameters
-_ARGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "fgsm": lambda p: {},
-    "pgd": lambda p: {"steps": p["pgd_steps"], "rel_stepsize": p["pgd_rel_step"], "restarts": p["pgd_restarts"],
-                      "loss": Loss(p["pgd_loss"]), "random_start": p["pgd_random_start"],
-                      "check_every": p["check_every"], "early_exit": p["early_exit"]},
-    "cw": lambda p: {"steps": p["cw_steps"], "c": p["cw_c"], "lr": p["cw_lr"],
-                     "binary_search_steps": p["cw_search_steps"]},
-    "fmn": lambda p: {"steps": p["minimal_steps"]},
-}
 UNIT = {"linf": Unit.LINF, "l2": Unit.L2}
 
 
-def build(name: str, norm: str, params: dict[str, Any]) -> Attack:
-    return make_attack(name, norm=norm, **_ARGS[name](params))
+def build(name: str, norm: str, params: dict[str, Any], **overrides: Any) -> Attack:
+    """The registered attack ``name`` with the request's parameters for it (``attack_params.<name>``)."""
+    return make_attack(name, norm=norm, **{**params["attack_params"][name], **overrides})
+
+
+def _cost() -> dict[str, Any]:
+    return {"forward_samples": 0, "backward_samples": 0, "seconds": 0.0, "calls": 0}
+
+
+def _add_cost(total: dict[str, Any], res: AttackResult, eot: EoT | None, judged: int) -> None:
+    """Samples through the model: with EoT every pass the attack counts is k draws, and the
+    majority judgement adds m passes per candidate it checks."""
+    draws = eot.grad_samples if eot is not None else 1
+    total["forward_samples"] += res.forward_samples * draws + judged * (eot.passes if eot is not None else 0)
+    total["backward_samples"] += res.backward_samples * draws
+    total["calls"] += 1
+
+
+def merge_costs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Costs of two shards: sums per norm and attack (exact for the counts)."""
+    out = {n: {k: dict(v) for k, v in per.items()} for n, per in a.items()}
+    for norm, per in b.items():
+        mine = out.setdefault(norm, {})
+        for name, c in per.items():
+            t = mine.setdefault(name, _cost())
+            for key in t:
+                t[key] += c[key]
+    return out
 
 
 def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
-                   params: dict[str, Any], seed: int, progress: Callable[[float], None]) -> dict[str, Record]:
+                   params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None
+                   ) -> tuple[dict[str, Record], dict[str, Any]]:
     """Per sample and norm: success per attack and budget, worst-case adversarial class per budget,
-    and the minimal perturbation. Samples not attacked (clean mistakes) get ``None`` entries."""
+    and the minimal perturbation; and the cost per norm and attack. Samples not attacked (clean
+    mistakes) get ``None`` entries.
+
+    With ``cascade`` each attack runs only at the budgets where a sample is still robust after
+    the attacks before it (``None`` where it did not run). A sample's robust budgets are always
+    the smallest ones (what falls in a small ball falls in every larger one), so the samples are
+    grouped by how many of the sorted budgets they still hold, one attack call per group.
+    With ``eot`` the attacks see the model through :class:`EoT` and every success is judged again
+    by a majority of passes.
+    """
     out: dict[str, Record] = {sid: {} for sid in ids}
     idx = attacked.nonzero().squeeze(1)
     xs, ys = x[idx], y[idx]
     sids = [ids[int(i)] for i in idx]
     norms = params["norms"]
-    jobs = [(n, a) for n in norms for a in attacks_for(params, n)]
+    model = eot if eot is not None else clf
+    cost: dict[str, Any] = {n: {} for n in norms}
+    # (norm, attack, whether it is one of the robust-accuracy set or the minimal-norm method)
+    jobs = [(n, a, True) for n in norms for a in attacks_for(params, n)]
     if params["minimal"] != "none":
-        jobs += [(n, params["minimal"]) for n in norms]
+        jobs += [(n, params["minimal"], False) for n in norms]
     total = max(1, len(jobs))
     for sid in ids:
         for n in norms:
             out[sid][n] = {"success": {}, "adv_class": None, "minimal": None}
-    for j, (norm, name) in enumerate(jobs):
+    # per norm: budgets (original order) x attacked samples, still robust after the attacks so far
+    robust = {n: torch.ones(len(budgets(params, n)), len(sids), dtype=torch.bool) for n in norms}
+    for j, (norm, name, in_set) in enumerate(jobs):
         attack = build(name, norm, params)
-        eps = budgets(params, norm) if not attack.budget_free or name in params["attacks"] else []
+        eps = budgets(params, norm)
+        order = sorted(range(len(eps)), key=lambda i: eps[i])
+        groups: list[tuple[list[int], torch.Tensor]] = []
+        if not in_set:  # the minimum-norm method alone: every sample, no budget
+            groups.append(([], torch.arange(len(sids))))
+        elif params["cascade"]:
+            held = robust[norm].sum(dim=0)
+            for k in sorted(set(held.tolist()) - {0}):
+                groups.append((order[:k], (held == k).nonzero().squeeze(1)))
+        else:
+            groups.append((list(range(len(eps))), torch.arange(len(sids))))
+        spent = cost[norm].setdefault(name if in_set else f"minimal:{name}", _cost())
+        t0 = time.perf_counter()
+        for cols, members in groups:
+            gx, gy = xs[members.to(xs.device)], ys[members.to(ys.device)]
+            gids = [sids[int(m)] for m in members]
+            geps = [eps[c] for c in cols]
 
-        def chunk(start: int, stop: int, attack: Attack = attack, eps: list[float] = eps, name: str = name,
-                  norm: str = norm) -> AttackResult:
-            seeds = seeds_for(seed, sids[start:stop], f"{norm}:{name}")
-            return attack(clf, xs[start:stop], ys[start:stop], eps, rng=seeds)
+            def chunk(start: int, stop: int, attack: Attack = attack, geps: list[float] = geps, name: str = name,
+                      norm: str = norm, gx: torch.Tensor = gx, gy: torch.Tensor = gy, gids: list[str] = gids
+                      ) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
+                res = attack(model, gx[start:stop], gy[start:stop], geps,
+                             rng=seeds_for(seed, gids[start:stop], f"{norm}:{name}"))
+                success, preds = res.success, res.predictions
+                judged = 0
+                if eot is not None and geps:
+                    success, preds = success.clone(), preds.clone()
+                    for b in range(len(geps)):
+                        hit = success[b].nonzero().squeeze(1)
+                        if hit.numel():
+                            ok, pred = eot.judge(res.adversarials[b][hit], gy[start:stop][hit])
+                            success[b, hit], preds[b, hit] = ok, pred
+                            judged += int(hit.numel())
+                _add_cost(spent, res, eot, judged)
+                return res, success, preds
 
-        results = in_batches(clf, len(sids), params["batch_size"], chunk)
-        pos = 0
-        for res in results:
-            for k in range(res.success.shape[1]):
-                rec = out[sids[pos + k]][norm]
-                if eps:
-                    rec["success"][name] = [bool(v) for v in res.success[:, k].tolist()]
-                    rec.setdefault("pred", {})[name] = [int(v) for v in res.predictions[:, k].tolist()]
-                if name == params["minimal"] and res.minimal_norms is not None:
-                    v = float(res.minimal_norms[k])
-                    rec["minimal"] = v if math.isfinite(v) else None
-                    rec["minimal_found"] = math.isfinite(v)
-            pos += res.success.shape[1]
+            pos = 0
+            for res, success, preds in in_batches(clf, len(gids), params["batch_size"], chunk):
+                for k in range(success.shape[1]):
+                    m = int(members[pos + k])
+                    rec = out[gids[pos + k]][norm]
+                    if in_set:
+                        row: list[bool | None] = [None] * len(eps)
+                        cls: list[int | None] = [None] * len(eps)
+                        for b, c in enumerate(cols):
+                            row[c], cls[c] = bool(success[b, k]), int(preds[b, k])
+                            if row[c]:
+                                robust[norm][c, m] = False
+                        rec["success"][name] = row
+                        rec.setdefault("pred", {})[name] = cls
+                    if not in_set and res.minimal_norms is not None:
+                        v = float(res.minimal_norms[k])
+                        rec["minimal"] = v if math.isfinite(v) else None
+                        rec["minimal_found"] = math.isfinite(v)
+                pos += success.shape[1]
+        spent["seconds"] += time.perf_counter() - t0
         progress((j + 1) / total)
     for sid in sids:
         for norm in norms:
             rec = out[sid][norm]
             names = attacks_for(params, norm)
+            n_eps = len(budgets(params, norm))
+            for a in names:  # a sample no group held (fallen everywhere before this attack)
+                rec["success"].setdefault(a, [None] * n_eps)
+                rec.setdefault("pred", {}).setdefault(a, [None] * n_eps)
             classes: list[int | None] = []
-            for b in range(len(budgets(params, norm))):
+            for b in range(n_eps):
                 first = next((a for a in names if rec["success"][a][b]), None)
                 classes.append(rec["pred"][first][b] if first is not None else None)
             rec["adv_class"] = classes
@@ -84,7 +157,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     for i in (~attacked).nonzero().squeeze(1).tolist():
         for norm in norms:
             out[ids[i]][norm] = {"success": None, "adv_class": None, "minimal": 0.0, "minimal_found": True}
-    return out
+    return out, cost
 
 
 def robust_flags(rec: Record, norm: str, n_eps: int, names: list[str]) -> list[bool]:
@@ -111,14 +184,17 @@ def robustness_metrics(records: list[Record], params: dict[str, Any], class_name
                                            f"classified and not fooled by any of {names}", eps=e, attacks=names)
                         for b, e in enumerate(eps)}
         per_attack[norm] = {}
-        for a in names:
+        for i, a in enumerate(names):
+            # cascade: robust after the attacks up to this one (the later ones saw only survivors);
+            # otherwise: robust against this attack alone
+            upto = names[:i + 1] if params["cascade"] else [a]
+            what = (f"robust accuracy after {upto} in turn" if params["cascade"] else f"robust accuracy against {a} alone")
             per_attack[norm][a] = {}
             for b, e in enumerate(eps):
-                hits = [r["attacks"][norm]["success"] is not None and not r["attacks"][norm]["success"][a][b]
-                        for r in records]
-                per_attack[norm][a][eps_key(e)] = metric(share(hits), Unit.FRACTION, n,
-                                                         f"robust accuracy against {a} alone, {norm} eps={e:g}",
-                                                         eps=e, attack=a)
+                hits = [r["attacks"][norm]["success"] is not None
+                        and not any(r["attacks"][norm]["success"][u][b] for u in upto) for r in records]
+                per_attack[norm][a][eps_key(e)] = metric(share(hits), Unit.FRACTION, n, f"{what}, {norm} eps={e:g}",
+                                                         eps=e, attack=a, cumulative=bool(params["cascade"]))
         if params["minimal"] != "none":
             minimal[norm] = minimal_metrics(records, norm, params["minimal"], class_names)
     out = {"robust_accuracy": robust, "per_attack": per_attack}

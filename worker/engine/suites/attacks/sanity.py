@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from ...classifier import Classifier
 from ..base import Warning_
 from .common import Record
-from .params import WEAKER_STRONGER, attacks_for, budgets, eps_key
+from ...attacks import ATTACKS
+from ...metrics import path_matches
+from .params import attacks_for, budgets, eps_key, gradient_free
 
 
 @torch.enable_grad()
@@ -61,19 +63,19 @@ def sanity_warnings(records: list[Record], params: dict[str, Any], num_classes: 
                             f"{count['nan_grad']} of {n} samples; attack results on them are unreliable",
                             {"samples": count["nan_grad"], "n": n}).to_dict())
     if count["randomised"]:
+        eot = sum(1 for r in records if r["sanity"]["randomised"] and r.get("eot"))
+        advice = ("the robust-accuracy attacks ran with EoT on them" if eot == count["randomised"] else
+                  "enable EoT (eot.enabled) before trusting robust accuracy")
         out.append(Warning_("randomized_model",
                             f"two forward passes on the same images differ for {count['randomised']} of {n} "
-                            "samples: the model is randomised (dropout left on, noise layers); use an "
-                            "expectation-over-transformation attack before trusting robust accuracy",
-                            {"samples": count["randomised"], "n": n}).to_dict())
+                            f"samples: the model is randomised (dropout left on, noise layers); {advice}",
+                            {"samples": count["randomised"], "n": n, "eot_samples": eot}).to_dict())
     for norm in params["norms"]:
-        names = attacks_for(params, norm)
-        for weak, strong in WEAKER_STRONGER:
-            if weak not in names or strong not in names:
-                continue
+        for weak, strong in weaker_stronger(attacks_for(params, norm)):
             for b, e in enumerate(budgets(params, norm)):
                 outcomes = [r["attacks"][norm]["success"] for r in records]
-                beaten = sum(1 for s in outcomes if s is not None and s[weak][b] and not s[strong][b])
+                # "is False": under cascade an attack that did not run on a sample has None there
+                beaten = sum(1 for s in outcomes if s is not None and s[weak][b] is True and s[strong][b] is False)
                 if beaten:
                     out.append(Warning_("weaker_attack_stronger",
                                         f"{weak} fooled the model on {beaten} samples where {strong} failed ({norm} "
@@ -89,3 +91,67 @@ def sanity_warnings(records: list[Record], params: dict[str, Any], num_classes: 
                             "here; check the model card's mean/std, class order and input size",
                             {"clean_accuracy": acc, "chance": chance}).to_dict())
     return out
+
+
+def weaker_stronger(names: list[str]) -> list[tuple[str, str]]:
+    """Pairs (weaker, stronger) of ranked gradient attacks in the set, by the attacks' ``strength``."""
+    ranked = [a for a in names if ATTACKS[a].strength > 0 and not ATTACKS[a].gradient_free]
+    return [(w, s) for w in ranked for s in ranked if ATTACKS[w].strength < ATTACKS[s].strength]
+
+
+def eot_summary(records: list[Record], params: dict[str, Any]) -> dict[str, Any]:
+    """What the report says about EoT: used or not, k and m, and why."""
+    cfg = params["eot"]
+    used = sum(1 for r in records if r.get("eot"))
+    randomised = sum(1 for r in records if r["sanity"]["randomised"])
+    if cfg["enabled"] is True:
+        why = "requested (eot.enabled: true)"
+    elif cfg["enabled"] is False:
+        why = "not requested (eot.enabled: false)" + (
+            f"; the model looked randomised on {randomised} samples" if randomised else "")
+    elif used:
+        why = f"auto: the randomized_model flag fired (two forward passes differed on {randomised} samples)"
+    else:
+        why = "auto: the model looked deterministic (two forward passes agreed)"
+    return {"used": used > 0, "samples": used, "n": len(records), "grad_samples": cfg["grad_samples"],
+            "passes": cfg["passes"], "reason": why,
+            "scope": "the robust-accuracy attacks (2a); the other parts attack a single pass"}
+
+
+#: sanity flags after which gradient attacks cannot be trusted to find adversarials
+INVALIDATING = ("probabilities_not_logits", "zero_gradients", "nan_gradients", "weaker_attack_stronger",
+                "randomized_model")
+
+
+def unreliable_metrics(records: list[Record], warnings: list[dict[str, Any]], params: dict[str, Any],
+                       paths: list[str]) -> dict[str, Any] | None:
+    """The flags that invalidate gradient attacks, and the metric paths they make unreliable.
+
+    None when no such flag fired. A randomised model attacked with EoT on every randomised
+    sample does not count. What a gradient-free attack backs stays reliable: robust accuracy of
+    a norm whose set has one (and the per-attack figures that include it); ``not_attacked``
+    depends on no attack.
+    """
+    flags = []
+    for w in warnings:
+        code = w["code"]
+        if code not in INVALIDATING or code in flags:
+            continue
+        if code == "randomized_model" and w["details"]["eot_samples"] == w["details"]["samples"]:
+            continue
+        flags.append(code)
+    if not flags:
+        return None
+    backed = ["not_attacked"]
+    for norm in params["norms"]:
+        names = attacks_for(params, norm)
+        if not any(gradient_free(a) for a in names):
+            continue
+        backed += [f"robust_accuracy.{norm}.{{eps}}", f"suitability.unflagged.robust_accuracy.{norm}.{{eps}}"]
+        for i, a in enumerate(names):
+            upto = names[:i + 1] if params["cascade"] else [a]
+            if any(gradient_free(u) for u in upto):
+                backed.append(f"per_attack.{norm}.{a}.{{eps}}")
+    shaky = [p for p in paths if not any(path_matches(b, p) for b in backed)]
+    return {"flags": flags, "metrics": shaky, "gradient_free": {
+        norm: [a for a in attacks_for(params, norm) if gradient_free(a)] for norm in params["norms"]}}

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric
 from ...samples import SampleSet
@@ -19,10 +20,10 @@ from ..base import Partial, Suite, SuiteContext, SuiteResult
 from .common import Record, in_batches
 from .extras import check_extras, enabled, extra_paths, extra_results, run_extras
 from .misclassification import misclassification_metrics
-from .params import SCHEMA, attacks_for, budgets, check, eps_key
+from .params import SCHEMA, attacks_for, budgets, check, eps_key, with_set_defaults
 from .plots import modify_mimic_plot, robust_accuracy_plot
-from .robustness import robustness_metrics, run_untargeted
-from .sanity import probe, sanity_warnings
+from .robustness import merge_costs, robustness_metrics, run_untargeted
+from .sanity import eot_summary, probe, sanity_warnings, unreliable_metrics
 from .suitability import suitability_metrics
 from .targeted import matrix_artifact, run_targeted, targeted_metrics
 
@@ -32,19 +33,23 @@ class AttacksSuite(Suite):
     classes, source-image suitability and sanity flags."""
 
     name = "attacks"
-    description = ("Adversarial robustness: robust accuracy per norm and budget (worst case over FGSM, PGD, CW), "
+    description = ("Adversarial robustness: robust accuracy per norm and budget (worst case over an attack set: "
+                   "by default PGD, FGSM, CW-L2 and the gradient-free Square; or AutoAttack's set), EoT for "
+                   "randomised models, "
                    "minimal perturbations (FMN), targeted all-pairs modify/mimic rates, misclassification classes, "
                    "source-image suitability, sanity flags; optionally regional masks, a loss comparison and "
                    "transferability from a surrogate model.")
     params = SCHEMA
     headline = ("robust_accuracy.*.*", "minimal_perturbation.*.median", "targeted.success_rate")
-    demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0], "pgd_steps": 10, "cw_steps": 20,
-                   "cw_search_steps": 2, "minimal_steps": 50, "targeted_eps": 0.2, "targeted_steps": 10,
+    demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0],
+                   "attack_params": {"pgd": {"steps": 10}, "cw": {"steps": 20, "binary_search_steps": 2},
+                                     "fmn": {"steps": 50}, "square": {"n_queries": 300}},
+                   "targeted_eps": 0.2, "targeted_steps": 10,
                    "targeted_fraction": 0.5, "regional": True, "regional_steps": 20, "regional_step": 0.03,
                    "loss_comparison": True, "loss_steps": 20, "loss_step": 0.02}
 
     def validate_params(self, raw: Any) -> dict[str, Any]:
-        return check(super().validate_params(raw))
+        return check(super().validate_params(with_set_defaults(raw)))
 
     def check_inputs(self, params: dict[str, Any], samples: SampleSet, classifier: Classifier) -> None:
         """Masks that select no pixel and a surrogate that does not fit fail before any work."""
@@ -102,11 +107,14 @@ class AttacksSuite(Suite):
                             "margin": float(c["margin"]), "topk": [int(t) for t in c["topk"]],
                             "sanity": facts[i]}
         attacked = torch.tensor([records[s]["correct"] for s in ids], dtype=torch.bool, device=clf.device)
+        eot = _eot_for(params["eot"], sum(f["randomised"] for f in facts), clf)
+        for sid in ids:
+            records[sid]["eot"] = eot is not None
         # progress: rough shares of the work per part (untargeted 3, targeted 1, each extra part 1)
         extras = enabled(params)
         total = 3 + int(params["targeted"]) + len(extras)
-        untargeted = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                    lambda f: ctx.progress(3 * f / total))
+        untargeted, cost = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
+                                          lambda f: ctx.progress(3 * f / total), eot)
         for sid in ids:
             records[sid]["attacks"] = untargeted[sid]
             records[sid]["targeted"] = None
@@ -121,10 +129,10 @@ class AttacksSuite(Suite):
         for part, per_sample in parts.items():
             for sid in ids:
                 records[sid][part] = per_sample.get(sid)
-        return {"samples": records}
+        return {"samples": records, "cost": cost}
 
     def merge(self, a: Partial, b: Partial) -> Partial:
-        return {"samples": {**a["samples"], **b["samples"]}}
+        return {"samples": {**a["samples"], **b["samples"]}, "cost": merge_costs(a["cost"], b["cost"])}
 
     def finalize(self, ctx: SuiteContext, partial: Partial, params: dict[str, Any]) -> SuiteResult:
         records = list(partial["samples"].values())
@@ -163,7 +171,25 @@ class AttacksSuite(Suite):
         metrics.update(more)
         artifacts += files
         warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
-        return SuiteResult(metrics=metrics, artifacts=artifacts, warnings=warnings)
+        metadata = {"attacks": {norm: attacks_for(params, norm) for norm in params["norms"]},
+                    "cascade": params["cascade"], "eot": eot_summary(records, params),
+                    "cost": _rounded(partial["cost"])}
+        extra: dict[str, Any] = {"metadata": metadata}
+        unreliable = unreliable_metrics(records, warnings, params, self.metric_paths(params))
+        if unreliable is not None:
+            extra["unreliable"] = unreliable
+        return SuiteResult(metrics=metrics, artifacts=artifacts, warnings=warnings, extra=extra)
+
+
+def _eot_for(cfg: dict[str, Any], randomised: int, clf: Classifier) -> EoT | None:
+    """EoT when the request asks for it, or ("auto") when this shard's probe saw a randomised model."""
+    on = cfg["enabled"] is True or (cfg["enabled"] == "auto" and randomised > 0)
+    return EoT(clf, grad_samples=cfg["grad_samples"], passes=cfg["passes"]) if on else None
+
+
+def _rounded(cost: dict[str, Any]) -> dict[str, Any]:
+    return {norm: {name: {**c, "seconds": round(c["seconds"], 3)} for name, c in per.items()}
+            for norm, per in cost.items()}
 
 
 def _write_npz(path: Any, matrix: dict[str, Any]) -> Any:

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from ...attacks import AttackResult, make_attack
+from ...attacks import AttackResult
 from ...attacks.rng import sample_seed
 from ...classifier import Classifier
 from ...metrics import Unit, metric
 from .common import Record, in_batches, seeds_for, spearman
-from .robustness import _ARGS
+from .robustness import build
 
 
 def chosen_as_source(seed: int, sid: str, fraction: float) -> bool:
@@ -46,7 +46,7 @@ def run_targeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[st
     if not pairs:
         return out
     norm = params["targeted_norm"]
-    attack = make_attack("pgd", norm=norm, **{**_ARGS["pgd"](params), "steps": params["targeted_steps"]})
+    attack = build("pgd", norm, params, steps=params["targeted_steps"])  # attack_params.pgd, own step count
     src = torch.tensor([p[0] for p in pairs], device=x.device)
     tgt = torch.tensor([p[1] for p in pairs], device=x.device)
     pair_ids = [f"{ids[i]}->{t}" for i, t in pairs]
