@@ -178,7 +178,7 @@ def test_targeted_call_reaches_targets():
 
 
 def test_registry_and_errors():
-    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "fmn", "iterative"}
+    assert {"fgsm", "pgd", "cw", "fmn", "iterative", "apgd-ce", "apgd-dlr", "apgd-t"} <= set(ATTACKS)
     assert isinstance(make_attack("fgsm", norm="l2"), FGSM)
     with pytest.raises(SpecError, match="unknown attack 'nope'"):
         make_attack("nope")

@@ -8,6 +8,10 @@ forward pass. Budgets are processed in increasing order and only samples that ar
 robust are attacked again, because an adversarial inside a small ball is inside every
 larger one.
 
+Every call also measures its cost: the base wraps the model in a :class:`CostMeter` that
+counts the samples (rows) of each forward pass and of each backward pass through the model's
+outputs, and times the call; :class:`AttackResult` carries the totals.
+
 Hooks meant for later parts (regional masks, loss comparison): ``mask`` restricts the
 perturbation to a binary mask (N or 1 x 1 x H x W); ``RunOutput.first_success`` records the
 iteration at which an iterative attack first succeeded for each sample.
@@ -16,6 +20,7 @@ iteration at which an iterative attack first succeeded for each sample.
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import SpecError
+from ..params import ParamSchema
 from .losses import is_success
 from .norms import Norm
 from .rng import RandomSource, salted, subset
@@ -71,6 +77,10 @@ class AttackResult:
         first_success: long, budgets x N (-1 where unknown or failed), when the attack iterates.
         minimal_norms: for budget-free (minimum-norm) attacks, the norm of each verified
             adversarial before any projection (inf where none was found); else None.
+        forward_samples, backward_samples: the attack's cost, in samples through the model:
+            rows of every forward pass (the base's re-checks included) and of every backward
+            pass through the model's outputs.
+        seconds: wall time of the call.
     """
 
     budgets: list[float]
@@ -79,10 +89,42 @@ class AttackResult:
     predictions: torch.Tensor
     first_success: torch.Tensor | None = None
     minimal_norms: torch.Tensor | None = None
+    forward_samples: int = 0
+    backward_samples: int = 0
+    seconds: float = 0.0
 
     def robust_accuracy(self) -> torch.Tensor:
         """Share of samples the attack failed on, per budget."""
         return 1.0 - self.success.double().mean(dim=1)
+
+
+class CostMeter:
+    """A model wrapper that counts rows of forward and backward passes.
+
+    A backward pass is counted by a hook on the output tensor, so it is counted once per
+    gradient that flows back through the model, whatever the loss did with the logits.
+
+    Args:
+        model: the model to measure.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.forward_samples = 0
+        self.backward_samples = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        rows = int(x.shape[0])
+        self.forward_samples += rows
+        if out.requires_grad:
+            out.register_hook(self._on_backward(rows))
+        return out
+
+    def _on_backward(self, rows: int) -> Callable[[torch.Tensor], None]:
+        def hook(_grad: torch.Tensor) -> None:
+            self.backward_samples += rows
+        return hook
 
 
 class Attack(ABC):
@@ -98,6 +140,14 @@ class Attack(ABC):
     supported_norms: ClassVar[frozenset[Norm]] = frozenset(Norm)
     #: run once without a budget and evaluate the result at every budget (minimum-norm attacks)
     budget_free: ClassVar[bool] = False
+    #: the keyword-only constructor arguments (all but ``norm``), with defaults and bounds;
+    #: ``make_attack`` validates through it and the suites build their schemas from it
+    params: ClassVar[ParamSchema] = ParamSchema()
+    #: reads only the model's outputs (no gradients): immune to masked gradients
+    gradient_free: ClassVar[bool] = False
+    #: rough order of strength among gradient attacks of one norm (0: unranked); a stronger
+    #: attack succeeding on fewer samples than a weaker one is a sanity flag
+    strength: ClassVar[int] = 0
 
     def __init__(self, *, norm: Norm | str, early_exit: bool = True) -> None:
         self.early_exit = early_exit
@@ -124,9 +174,15 @@ class Attack(ABC):
         inputs = inputs.detach()
         if mask is not None:
             mask = mask.to(inputs.dtype)
+        meter = CostMeter(model)
+        start = time.perf_counter()
         if self.budget_free:
-            return self._call_budget_free(model, inputs, labels, budgets, targeted, mask, rng)
-        return self._call_per_budget(model, inputs, labels, budgets, targeted, mask, rng)
+            res = self._call_budget_free(meter, inputs, labels, budgets, targeted, mask, rng)
+        else:
+            res = self._call_per_budget(meter, inputs, labels, budgets, targeted, mask, rng)
+        res.forward_samples, res.backward_samples = meter.forward_samples, meter.backward_samples
+        res.seconds = time.perf_counter() - start
+        return res
 
     def _call_per_budget(self, model: Model, x: torch.Tensor, y: torch.Tensor, budgets: list[float],
                          targeted: bool, mask: torch.Tensor | None, rng: RandomSource) -> AttackResult:
@@ -255,3 +311,14 @@ def _check_call(inputs: torch.Tensor, labels: torch.Tensor, budgets: Sequence[fl
     if len(set(out)) != len(out):
         raise SpecError(f"budgets must not repeat, got {out}")
     return out
+
+
+def keep_rows(keep: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Drop finished samples from every per-sample tensor of an attack's state at once
+    (``keep``: a bool mask or indices; None passes through). Masks go through :func:`select_mask`."""
+    return [None if t is None else t[keep] for t in tensors]
+
+
+def select_mask(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    """The rows of a perturbation mask for the kept samples (a mask shared by the batch stays)."""
+    return _select(mask, keep)

@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import SpecError
+from ..params import Param, ParamKind, ParamSchema
 from .base import Attack, Model, RunOutput
 from .losses import is_success, logit_margin
 from .norms import Norm
@@ -35,6 +36,15 @@ class CarliniWagnerL2(Attack):
     name = "cw"
     supported_norms = frozenset({Norm.L2})
     budget_free = True
+    strength = 2
+    params = ParamSchema((
+        Param("steps", ParamKind.INT, 100, "Adam steps per search round", minimum=1, maximum=10_000),
+        Param("c", ParamKind.FLOAT, 1.0, "initial trade-off constant", minimum=1e-6, maximum=1e6),
+        Param("lr", ParamKind.FLOAT, 0.01, "Adam learning rate in tanh space", minimum=1e-6, maximum=10.0),
+        Param("kappa", ParamKind.FLOAT, 0.0, "confidence margin", minimum=0.0, maximum=1e6),
+        Param("binary_search_steps", ParamKind.INT, 3, "rounds of search over c", minimum=1, maximum=20),
+        Param("abort_early", ParamKind.BOOL, True, "end a round when the loss stalls"),
+    ))
 
     def __init__(self, *, norm: str = "l2", steps: int = 100, c: float = 1.0, lr: float = 0.01,
                  kappa: float = 0.0, binary_search_steps: int = 3, abort_early: bool = True) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpecError
+from ..params import Param, ParamKind, ParamSchema
 from .base import Attack, Model, RunOutput
 from .losses import Loss
 from .rng import RandomSource
@@ -19,8 +20,12 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    strength = 1
+    params = ParamSchema((
+        Param("loss", ParamKind.CHOICE, "ce", "loss whose gradient sign is followed", choices=tuple(x.value for x in Loss)),
+    ))
 
-    def __init__(self, *, norm: str = "linf", loss: Loss | str = Loss.CE) -> None:
+    def __init__(self, *, norm: str = "linf", loss: Loss | str = "ce") -> None:
         super().__init__(norm=norm)
         try:
             self.loss = Loss(loss)

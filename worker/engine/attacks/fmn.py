@@ -17,6 +17,7 @@ import math
 import torch
 
 from ..errors import SpecError
+from ..params import Param, ParamKind, ParamSchema
 from .base import Attack, Model, RunOutput
 from .losses import is_success, logit_margin
 from .norms import Norm, _view
@@ -38,6 +39,15 @@ class FMN(Attack):
 
     name = "fmn"
     budget_free = True
+    strength = 2
+    params = ParamSchema((
+        Param("steps", ParamKind.INT, 100, "iterations", minimum=1, maximum=10_000),
+        Param("alpha_init", ParamKind.FLOAT, 1.0, "initial step size", minimum=1e-9, maximum=100.0),
+        Param("alpha_final", ParamKind.FLOAT, None, "final step size (null: alpha_init / 100)",
+              minimum=1e-9, maximum=100.0, nullable=True),
+        Param("gamma_init", ParamKind.FLOAT, 0.05, "initial relative radius change", minimum=1e-9, maximum=0.999),
+        Param("gamma_final", ParamKind.FLOAT, 0.001, "final relative radius change", minimum=1e-9, maximum=0.999),
+    ))
 
     def __init__(self, *, norm: str = "l2", steps: int = 100, alpha_init: float = 1.0,
                  alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001) -> None:

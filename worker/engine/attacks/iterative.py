@@ -16,6 +16,7 @@ from enum import Enum
 import torch
 
 from ..errors import SpecError
+from ..params import Param, ParamKind, ParamSchema
 from .base import Attack, Model, RunOutput
 from .losses import Loss, is_success
 from .norms import Norm
@@ -70,8 +71,15 @@ class IterativeLoss(Attack):
 
     name = "iterative"
     budget_free = True
+    params = ParamSchema((
+        Param("objective", ParamKind.CHOICE, "sign_ce", "objective ascended",
+              choices=tuple(o.value for o in Objective)),
+        Param("step_size", ParamKind.FLOAT, 0.01, "largest per-pixel change per step", minimum=1e-9, maximum=1.0),
+        Param("steps", ParamKind.INT, 50, "iteration cap", minimum=1, maximum=10_000),
+        Param("penalty", ParamKind.FLOAT, 0.01, "c of the CE + L2 objective", minimum=0.0, maximum=1e6),
+    ))
 
-    def __init__(self, *, norm: Norm | str = Norm.LINF, objective: Objective | str = Objective.SIGN_CE,
+    def __init__(self, *, norm: Norm | str = Norm.LINF, objective: Objective | str = "sign_ce",
                  step_size: float = 0.01, steps: int = 50, penalty: float = 0.01) -> None:
         super().__init__(norm=norm)
         try:

@@ -41,3 +41,25 @@ def is_success(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool) ->
     """Untargeted: the prediction is not the label; targeted: the prediction is the target."""
     pred = logits.argmax(dim=1)
     return pred.eq(labels) if targeted else pred.ne(labels)
+
+
+def _sorted_desc(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest logit per sample (1-based), the smallest one when there are fewer classes."""
+    top = logits.sort(dim=1, descending=True).values
+    return top[:, min(k, logits.shape[1]) - 1]
+
+
+def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce and Hein 2020), untargeted, to maximise:
+    -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3). Invariant to shifting and scaling the logits,
+    so a model cannot hide behind a saturated softmax."""
+    scale = _sorted_desc(logits, 1) - _sorted_desc(logits, 3) + 1e-12
+    return -logit_margin(logits, labels) / scale
+
+
+def dlr_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR, to maximise: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    scale = _sorted_desc(logits, 1) - (_sorted_desc(logits, 3) + _sorted_desc(logits, 4)) / 2 + 1e-12
+    return -(true - target) / scale

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpecError
+from ..params import Param, ParamKind, ParamSchema
 from .base import Attack, Model, RunOutput
 from .losses import Loss, is_success
 from .rng import RandomSource, salted, subset
@@ -35,10 +36,24 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    strength = 2
+    params = ParamSchema((
+        Param("steps", ParamKind.INT, 20, "gradient steps per restart", minimum=1, maximum=10_000),
+        Param("rel_stepsize", ParamKind.FLOAT, None, "step size as a fraction of eps (null: 2.5 / steps)",
+              minimum=1e-6, maximum=10.0, nullable=True),
+        Param("abs_stepsize", ParamKind.FLOAT, None, "step size in pixel units (overrides rel_stepsize)",
+              minimum=1e-6, maximum=100.0, nullable=True),
+        Param("random_start", ParamKind.BOOL, True, "start from a uniform random point of the ball"),
+        Param("restarts", ParamKind.INT, 1, "restarts; later ones attack only what is still robust",
+              minimum=1, maximum=100),
+        Param("loss", ParamKind.CHOICE, "ce", "cross-entropy or logit margin", choices=tuple(x.value for x in Loss)),
+        Param("check_every", ParamKind.INT, 1, "test for success every this many steps", minimum=1, maximum=1000),
+        Param("early_exit", ParamKind.BOOL, True, "drop fallen samples (false: fixed cost, same results)"),
+    ))
 
     def __init__(self, *, norm: str = "linf", steps: int = 20, rel_stepsize: float | None = None,
                  abs_stepsize: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss: Loss | str = Loss.CE, check_every: int = 1, early_exit: bool = True) -> None:
+                 loss: Loss | str = "ce", check_every: int = 1, early_exit: bool = True) -> None:
         super().__init__(norm=norm, early_exit=early_exit)
         if steps < 1 or restarts < 1 or check_every < 1:
             raise SpecError("pgd: steps, restarts and check_every must be >= 1")
