@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -17,44 +19,106 @@ from worker.engine.errors import SpecError
 from worker.engine.runner import check_placeholder_gates
 from worker.engine.spec import AuditSpec
 
-from .store.models import Audit, AuditStatus, Model, utcnow
+from .sandboxing import input_name
+from .store.models import Audit, AuditStatus, Model, ModelKind, utcnow
 
 #: keys of a request the engine sees (the model comes from the stored model row)
-REQUEST_KEYS = ("dataset", "suites", "gates", "seed", "label")
+REQUEST_KEYS = ("dataset", "suites", "gates", "seed", "label", "accept_unreliable")
 
 
-#: suite parameters that refer to another registered model, as ``{"model_id": ...}``
-MODEL_REFS = (("attacks", "surrogate"),)
+@dataclass(frozen=True)
+class ModelRef:
+    """A suite parameter object that names another registered model.
+
+    Args:
+        suite, key: where it sits: ``suites[suite][key]``.
+        id_key: the field that holds the id over the API.
+        file_keys: the engine's fields for the file and its card (CLI only; refused over the API).
+        kind: the kind of model it must be.
+    """
+
+    suite: str
+    key: str
+    id_key: str
+    file_keys: tuple[str, str]
+    kind: ModelKind
+
+    @property
+    def field(self) -> str:
+        return f"suites.{self.suite}.{self.key}"
+
+
+MODEL_REFS = (
+    ModelRef("attacks", "surrogate", "model_id", ("model", "card"), ModelKind.CLASSIFIER),
+    ModelRef("perturbation", "generator_layers", "generator_id", ("generator", "card"), ModelKind.GENERATOR),
+)
 
 ModelLookup = Callable[[str], "Model | None"]
 
 
-def resolve_model_refs(suites: Any, lookup: ModelLookup) -> Any:
-    """``suites`` with every ``{"model_id": id}`` model reference replaced by the registered
-    model's stored checkpoint path and card, so the worker only sees files.
+def _refs(suites: Any) -> list[tuple[ModelRef, Mapping[str, Any]]]:
+    """The model references present in ``suites``: (where, the parameter object)."""
+    if not isinstance(suites, Mapping):
+        return []
+    found = []
+    for ref in MODEL_REFS:
+        params = suites.get(ref.suite)
+        obj = params.get(ref.key) if isinstance(params, Mapping) else None
+        if isinstance(obj, Mapping):
+            found.append((ref, obj))
+    return found
+
+
+def check_model_refs(suites: Any, lookup: ModelLookup) -> dict[str, Model]:
+    """The registered models that ``suites`` names by id, keyed by id.
+
+    Over the API a model is an id of the tenant's, never a path: file fields are refused.
 
     Raises:
-        SpecError: the id is not one of the tenant's models, or the reference also names files.
+        SpecError: a file field is given, or the id is not one of the tenant's models of that kind.
     """
+    models: dict[str, Model] = {}
+    for ref, obj in _refs(suites):
+        files = [k for k in ref.file_keys if obj.get(k) is not None]
+        if files:
+            raise SpecError(f"{ref.field}: over the API a model is named by {ref.id_key} (a registered model id), "
+                            f"not by {' or '.join(files)}",
+                            errors={f"{ref.field}.{k}": f"not accepted over the API; use {ref.id_key}" for k in files})
+        model_id = obj.get(ref.id_key)
+        if model_id is None:
+            continue
+        found = lookup(str(model_id)) if isinstance(model_id, str) else None
+        if found is None or found.kind != ref.kind.value:
+            what = "model" if ref.kind is ModelKind.CLASSIFIER else "generator"
+            raise SpecError(f"{ref.field}.{ref.id_key}: no registered {what} {str(model_id)[:64]!r}; upload it to "
+                            f"/v1/models first" + (" with kind=generator" if ref.kind is ModelKind.GENERATOR else ""),
+                            errors={f"{ref.field}.{ref.id_key}": f"no {what} {str(model_id)[:64]!r}"})
+        models[found.id] = found
+    return models
+
+
+def with_model_files(suites: Any, models: Mapping[str, Model]) -> Any:
+    """``suites`` with each id reference filled in with the model's file name (as the sandbox
+    shows it: :func:`~service.sandboxing.input_name`) and its card, for the engine."""
     if not isinstance(suites, Mapping):
         return suites
-    out = dict(suites)
-    for suite, key in MODEL_REFS:
-        params = out.get(suite)
-        if not isinstance(params, Mapping):
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in suites.items()}
+    for ref, obj in _refs(suites):
+        model_id = obj.get(ref.id_key)
+        if model_id is None:
             continue
-        ref = params.get(key)
-        if not isinstance(ref, Mapping) or ref.get("model_id") is None:
-            continue
-        field = f"suites.{suite}.{key}"
-        if ref.get("model") is not None or ref.get("card") is not None:
-            raise SpecError(f"{field}: give either model_id or model and card, not both",
-                            errors={field: "model_id and model/card are exclusive"})
-        found = lookup(str(ref["model_id"]))
-        if found is None:
-            raise SpecError(f"{field}.model_id: no registered model {ref['model_id']!r}; upload it to /v1/models "
-                            "first", errors={f"{field}.model_id": f"no model {ref['model_id']!r}"})
-        out[suite] = {**params, key: {"model": found.path, "card": found.card, "model_id": found.id}}
+        model = models[str(model_id)]
+        file_key, card_key = ref.file_keys
+        out[ref.suite][ref.key] = {**obj, file_key: input_name(model), card_key: model.card}
+    return out
+
+
+def without_model_files(suites: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored form: id references keep their id, never a file name or a card."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in suites.items()}
+    for ref, obj in _refs(suites):
+        if obj.get(ref.id_key) is not None:
+            out[ref.suite][ref.key] = {**obj, **{k: None for k in ref.file_keys}}
     return out
 
 
@@ -64,24 +128,45 @@ def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots,
 
     Everything that can be checked without running is checked here: suite names and
     parameters, dataset reference, that its path lies under the data roots and exists, gate
-    metric paths and class names in gates. Model references in suite parameters are
-    resolved with ``lookup`` (the tenant's models by id).
+    metric paths and class names in gates, and that model references are the tenant's
+    registered models (``lookup``: the tenant's models by id). No model is loaded: that
+    happens in the sandbox, when the audit runs.
     """
     raw = {k: body[k] for k in REQUEST_KEYS if k in body}
+    models = check_model_refs(raw.get("suites"), lookup)
     if "suites" in raw:
-        raw["suites"] = resolve_model_refs(raw["suites"], lookup)
-    spec = AuditSpec.from_dict({**raw, "model": model.path, "card": model.card})
+        raw["suites"] = with_model_files(raw["suites"], models)
+    spec = AuditSpec.from_dict({**raw, "model": input_name(model), "card": model.card})
     check_placeholder_gates(spec, ModelCard.from_dict(model.card))
     for path in (spec.dataset.path, spec.dataset.root):
         if path is not None:
             roots.resolve(path)
     full = spec.to_dict()
-    return {k: full[k] for k in REQUEST_KEYS}
+    request = {k: full[k] for k in REQUEST_KEYS}
+    request["suites"] = without_model_files(request["suites"])
+    return request
 
 
-def engine_spec(request: Mapping[str, Any], model: Model, *, device: str) -> AuditSpec:
-    """The engine's spec of a stored request."""
-    return AuditSpec.from_dict({**request, "model": model.path, "card": model.card, "device": device})
+@dataclass
+class EngineJob:
+    """An audit as the sandboxed engine sees it: the spec, with file names, and the files."""
+
+    spec: dict[str, Any]
+    inputs: dict[str, Path]
+
+
+def engine_job(request: Mapping[str, Any], model: Model, lookup: ModelLookup, *, device: str) -> EngineJob:
+    """The engine's spec of a stored request, with every referenced model resolved again
+    (tenant-scoped ``lookup``), and the files the sandbox must bind.
+
+    Raises:
+        SpecError: a referenced model was deleted since the audit was submitted.
+    """
+    models = check_model_refs(request.get("suites"), lookup)
+    suites = with_model_files(request.get("suites") or {}, models)
+    spec = {**request, "suites": suites, "model": input_name(model), "card": model.card, "device": device}
+    inputs = {input_name(m): Path(m.path) for m in (model, *models.values())}
+    return EngineJob(spec, inputs)
 
 
 def request_hash(body: Any) -> str:

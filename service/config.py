@@ -41,7 +41,7 @@ def _tokens(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, allow_zero: bool = False) -> float:
     raw = env.get(PREFIX + name)
     if raw is None or raw == "":
         return default
@@ -49,9 +49,16 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{PREFIX}{name} must be positive, got {raw!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(PREFIX + name) or default
+    if raw not in choices:
+        raise ConfigError(f"{PREFIX}{name} must be one of {list(choices)}, got {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,13 @@ class Config:
             worker's audit resumes from its last finished shard.
         plugins: modules imported by the API and the workers at start, e.g. to register more
             suites in ``worker.engine.suites.SUITES`` (``ROBUSTAUDIT_PLUGINS``, comma-separated).
+        sandbox: ``bwrap`` (default: every uploaded model runs under bubblewrap; where it cannot
+            start, uploads and audits are refused) or ``off`` (an explicit opt-out for a
+            developer's own files) (``ROBUSTAUDIT_SANDBOX``).
+        sandbox_memory_mb: address-space limit of a sandboxed process, 0 for none (CUDA
+            reserves far more address space than it uses: on GPU workers set 0 and let the
+            container limit memory) (``ROBUSTAUDIT_SANDBOX_MEMORY_MB``).
+        upload_check_s: wall-clock limit of the sandboxed load-and-probe check of an upload.
     """
 
     home: Path = Path("var")
@@ -97,6 +111,9 @@ class Config:
     device: str = "auto"
     shard_size: int = 256
     plugins: tuple[str, ...] = ()
+    sandbox: str = "bwrap"
+    sandbox_memory_mb: int = 8192
+    upload_check_s: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -122,6 +139,9 @@ class Config:
             device=env.get(PREFIX + "DEVICE") or "auto",
             shard_size=int(_number(env, "SHARD_SIZE", 256)),
             plugins=tuple(p.strip() for p in env.get(PREFIX + "PLUGINS", "").split(",") if p.strip()),
+            sandbox=_choice(env, "SANDBOX", ("bwrap", "off"), "bwrap"),
+            sandbox_memory_mb=int(_number(env, "SANDBOX_MEMORY_MB", 8192, allow_zero=True)),
+            upload_check_s=_number(env, "UPLOAD_CHECK_S", 120.0),
         )
         return replace(cfg, **overrides)
 
@@ -146,7 +166,8 @@ class Config:
             "MAX_ATTEMPTS": str(self.max_attempts), "VISIBILITY_TIMEOUT_S": repr(self.visibility_timeout_s),
             "BEAT_INTERVAL_S": repr(self.beat_interval_s), "DEVICE": self.device,
             "SHARD_SIZE": str(self.shard_size),
-            "PLUGINS": ",".join(self.plugins),
+            "PLUGINS": ",".join(self.plugins), "SANDBOX": self.sandbox,
+            "SANDBOX_MEMORY_MB": str(self.sandbox_memory_mb), "UPLOAD_CHECK_S": repr(self.upload_check_s),
         }
         return {PREFIX + k: v for k, v in env.items()}
 

@@ -1,52 +1,88 @@
-"""Registering an uploaded checkpoint: stream it to storage, validate it by loading it with
-its card (an upload that is not a checkpoint is refused), and deduplicate by content."""
+"""Registering an uploaded checkpoint: stream it to storage, check it in the sandbox (loaded
+and probed with its card; an upload that is not a model we accept is refused), and
+deduplicate by content. The API process never loads the model itself.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.engine.card import ModelCard
-from worker.engine.errors import ModelCardError
-from worker.engine.models import load_classifier
+from worker.engine.errors import AuditInputError, ModelCardError
+from worker.engine.generators.card import GeneratorCard, GeneratorError
+from worker.engine.jsonfile import loads_bounded
+from worker.engine.models.archive import check_zip_archive
 
+from .config import Config
+from .sandboxing import check_upload
 from .storage import Storage
-from .store.models import Model
+from .store.models import Model, ModelKind
+
+#: a card is a small JSON object: bounded before it is parsed
+MAX_CARD_BYTES = 4 * 1024 * 1024
 
 
-def parse_card(raw: bytes | str) -> dict[str, Any]:
-    """The card as a validated dict; a ModelCardError (422) says what is wrong with it."""
+def parse_card(raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER) -> dict[str, Any]:
+    """The card as a validated dict; a ModelCardError or GeneratorError (422) says what is wrong."""
+    error = GeneratorError if kind is ModelKind.GENERATOR else ModelCardError
+    what = "generator card" if kind is ModelKind.GENERATOR else "model card"
+    if len(raw) > MAX_CARD_BYTES:
+        raise error(f"the {what} is larger than {MAX_CARD_BYTES // (1024 * 1024)} MB")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelCardError(f"the model card is not valid JSON: {exc}") from None
+        data = loads_bounded(raw)
+    except AuditInputError as exc:
+        raise error(f"the {what} is not acceptable JSON: {exc.message}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"the {what} is not valid JSON: {exc}") from None
+    if kind is ModelKind.GENERATOR:
+        return GeneratorCard.from_dict(data).to_dict()
     return ModelCard.from_dict(data).to_dict()
 
 
-def register_model(session: Session, storage: Storage, *, tenant: str, stream: IO[bytes], filename: str,
-                   card_raw: bytes | str, max_bytes: int) -> tuple[Model, bool]:
-    """(model, created). The same checkpoint with the same card is the same model of the tenant."""
-    card = parse_card(card_raw)
-    card_sha = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
-    stored = storage.save_upload(stream, filename, max_bytes=max_bytes)
+def register_model(session: Session, storage: Storage, config: Config, *, tenant: str, stream: IO[bytes],
+                   filename: str, card_raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER
+                   ) -> tuple[Model, bool]:
+    """(model, created). The same checkpoint with the same card is the same model of the tenant.
+
+    Raises:
+        AuditInputError: the card or the checkpoint is refused (422).
+        SandboxRefused: the sandbox could not check it (503): nothing is registered.
+        UploadTooLarge: over the upload limit (413).
+    """
+    card = parse_card(card_raw, kind)
+    card_sha = hashlib.sha256(json.dumps({"kind": kind.value, **card}, sort_keys=True).encode()).hexdigest()
+    stored = storage.save_upload(stream, filename, max_bytes=config.max_upload_bytes)
     existing = session.scalar(select(Model).where(Model.tenant == tenant, Model.sha256 == stored.sha256,
-                                                  Model.card_sha256 == card_sha))
+                                                  Model.card_sha256 == card_sha, Model.kind == kind.value))
     if existing is not None:
         return existing, False
     try:
-        load_classifier(stored.path, card, device="cpu")
-    except Exception:
+        if zipfile.is_zipfile(stored.path):  # zip bombs refused from the central directory, before any read
+            check_zip_archive(stored.path, name=Path(filename or "").name or "the checkpoint")
+        key = (stored.sha256, card_sha, kind.value, config.sandbox)
+        if key not in _seen:
+            check_upload(config, stored.path, card, kind=kind, filename=filename)
+            _seen.add(key)
+    except BaseException:
         in_use = session.scalar(select(func.count()).select_from(Model).where(Model.sha256 == stored.sha256))
         if not in_use:
             stored.path.unlink(missing_ok=True)
         raise
-    model = Model(tenant=tenant, name=str(card.get("name") or filename or stored.sha256[:12]),
-                  sha256=stored.sha256, card_sha256=card_sha, format=str(card["format"]),
-                  size_bytes=stored.size, path=str(stored.path), card=card)
+    name = card.get("name") or Path(filename or "").name or stored.sha256[:12]
+    model = Model(tenant=tenant, name=str(name)[:200], sha256=stored.sha256, card_sha256=card_sha,
+                  format=str(card["format"]), kind=kind.value, size_bytes=stored.size, path=str(stored.path),
+                  card=card)
     session.add(model)
     session.flush()
     return model, True
+
+
+#: (sha256, card digest, kind, sandbox mode) of uploads this process checked in the sandbox
+_seen: set[tuple[str, str, str, str]] = set()

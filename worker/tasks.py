@@ -1,5 +1,6 @@
-"""The audit task: thin. Claim the audit in the store, run the engine, write progress,
-heartbeat, report and status back; record an error, then re-raise it.
+"""The audit task: thin. Claim the audit in the store, run the engine in the sandbox (the
+uploaded model never runs in the worker process itself), write progress, heartbeat, report
+and status back; record an error, then re-raise it.
 
 A redelivered message (its worker was killed) finds the audit ``running`` with a stale
 heartbeat and takes it over; a duplicate finds it held by a live worker, or finished, and
@@ -14,21 +15,22 @@ import threading
 import time
 from datetime import timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 
-from service.audits import engine_spec
+from service.audits import EngineJob, engine_job
 from service.config import Config
 from service.dispatch import TASK_RUN_AUDIT
+from service.sandboxing import SandboxRefused, make_sandbox, run_job
 from service.storage import Storage
 from service.store import Audit, AuditStatus, Model, Store
 from service.store.models import utcnow
-from worker.engine.checkpoints import DirectoryCheckpoints
-from worker.engine.datasets import DataRoots
-from worker.engine.errors import AuditCancelled, AuditInputError
+from worker.engine.errors import AuditInputError
+from worker.sandbox import SandboxJob
 
 from .celery_app import CONFIG_ATTR
 
@@ -130,35 +132,39 @@ def finish(store: Store, audit_id: str, status: AuditStatus, **values: Any) -> N
 
 
 def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditStatus | None:
-    """Run one audit end to end; None when it was not ours to run. The engine is called here."""
-    from worker.engine.runner import run_audit
-
+    """Run one audit end to end in the sandbox; None when it was not ours to run."""
     store, storage = _store(config.database_url), Storage(config.storage_dir)
     if not claim(store, audit_id, config, worker or socket.gethostname()):
         log.info("audit %s: not claimable (finished, cancelled or held by a live worker)", audit_id)
         return None
-    with store.session() as s:
-        audit = s.get(Audit, audit_id)
-        assert audit is not None
-        model = s.get(Model, audit.model_id)
-        assert model is not None
-        request = dict(audit.request)
-    checkpoints = DirectoryCheckpoints(storage.checkpoint_dir(audit_id))
-    if not any(checkpoints.root.glob("*.json")):
+    checkpoints = storage.checkpoint_dir(audit_id)
+    if not any(checkpoints.glob("*.json")):
         storage.clear_audit(audit_id)  # a fresh start; a retry keeps the artifacts of finished shards
     try:
+        with store.session() as s:
+            audit = s.get(Audit, audit_id)
+            assert audit is not None
+            model = s.get(Model, audit.model_id)
+            assert model is not None
+            tenant = audit.tenant
+
+            def lookup(model_id: str) -> Model | None:
+                return s.scalar(select(Model).where(Model.id == model_id, Model.tenant == tenant))
+
+            job = engine_job(dict(audit.request), model, lookup, device=config.device)
         with AuditRecorder(store, audit_id, config) as rec:
-            spec = engine_spec(request, model, device=config.device)
-            report = run_audit(spec, storage.audit_dir(audit_id), on_progress=rec.on_progress,
-                               should_stop=rec.should_stop, roots=DataRoots(config.data_roots),
-                               shard_size=config.shard_size, checkpoints=checkpoints)
-    except AuditCancelled:
-        storage.clear_checkpoints(audit_id)
-        finish(store, audit_id, AuditStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"})
-        return AuditStatus.CANCELLED
+            report = run_sandboxed_audit(config, job, storage.audit_dir(audit_id), checkpoints, rec)
     except AuditInputError as exc:
         storage.clear_checkpoints(audit_id)
         finish(store, audit_id, AuditStatus.FAILED, error=exc.to_dict())
+        return AuditStatus.FAILED
+    except SandboxRefused as exc:
+        storage.clear_checkpoints(audit_id)
+        if exc.code == "cancelled":
+            finish(store, audit_id, AuditStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"})
+            return AuditStatus.CANCELLED
+        log.error("audit %s: %s: %s", audit_id, exc.code, exc.message)
+        finish(store, audit_id, AuditStatus.FAILED, error={"code": exc.code, "message": exc.message})
         return AuditStatus.FAILED
     except SoftTimeLimitExceeded:
         storage.clear_checkpoints(audit_id)
@@ -175,6 +181,36 @@ def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditSt
            progress={name: 1.0 for name in report["suites"]},
            suite_seconds={name: suite["seconds"] for name, suite in report["suites"].items()})
     return AuditStatus.SUCCEEDED
+
+
+def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoint_dir: Path,
+                        rec: AuditRecorder) -> dict[str, Any]:
+    """The engine's report of ``job``, run in the sandbox; progress and cancel go through ``rec``.
+
+    Raises:
+        SandboxedInputError: the model, the data or the request is wrong.
+        SandboxRefused: the sandbox cannot run, the audit was cancelled, or the child died.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    gpu = config.device != "cpu" and any(Path("/dev").glob("nvidia[0-9]*"))
+    payload = {"spec": job.spec, "data_roots": [str(r) for r in config.data_roots], "shard_size": config.shard_size,
+               "plugins": list(config.plugins)}
+    sjob = SandboxJob("audit", payload, inputs=job.inputs, output_dir=out_dir, checkpoint_dir=checkpoint_dir,
+                      data_roots=config.data_roots, gpu=gpu)
+
+    def on_message(message: dict[str, Any]) -> None:
+        progress = message.get("progress")
+        if isinstance(progress, dict) and isinstance(progress.get("suite"), str):
+            fraction = progress.get("fraction")
+            if isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0:
+                rec.on_progress(progress["suite"][:64], float(fraction))
+
+    sandbox = make_sandbox(config, wall_s=config.soft_time_limit_s, gpu=gpu)
+    report = run_job(sandbox, sjob, on_message=on_message, should_stop=rec.should_stop)
+    if report.get("verdict") not in ("pass", "fail") or not isinstance(report.get("suites"), dict):
+        raise SandboxRefused("sandbox_failed", "the sandboxed engine returned no valid report")
+    return report
 
 
 @shared_task(name=TASK_RUN_AUDIT, bind=True, acks_late=True, reject_on_worker_lost=True)

@@ -10,14 +10,18 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 from werkzeug.datastructures import FileStorage
 
+from ..sandboxing import SandboxRefused
 from ..storage import UploadTooLarge
-from ..store.models import Model
+from ..store.models import Model, ModelKind
 from ..uploads import register_model
 from .auth import authenticate, find_owned, owned, tenant
 from .context import services
 from .errors import ApiError
 from .pages import paginate
 from .schemas import ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
+
+#: one byte more than a card may have, so an oversized card is seen as such
+MAX_CARD_READ = 4 * 1024 * 1024 + 1
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Registered models (checkpoint + card)")
 blp.before_request(authenticate)
@@ -32,14 +36,24 @@ def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
         raise ApiError(422, "multipart part 'checkpoint' (the checkpoint file) is missing", code="validation_error")
     if card is None:
         raise ApiError(422, "multipart part 'card' (the model card JSON) is missing", code="validation_error")
-    card_raw = card.read() if isinstance(card, FileStorage) else card
+    raw_kind = request.form.get("kind") or ModelKind.CLASSIFIER.value
+    try:
+        kind = ModelKind(raw_kind)
+    except ValueError:
+        raise ApiError(422, f"multipart part 'kind' must be one of {[k.value for k in ModelKind]}",
+                       code="validation_error", errors={"kind": ["unknown kind"]}) from None
+    card_raw = card.read(MAX_CARD_READ) if isinstance(card, FileStorage) else card
     try:
         with svc.store.session() as s:
-            return register_model(s, svc.storage, tenant=tenant(), stream=checkpoint.stream,
-                                  filename=checkpoint.filename or "", card_raw=card_raw,
-                                  max_bytes=svc.config.max_upload_bytes)
+            return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=checkpoint.stream,
+                                  filename=checkpoint.filename or "", card_raw=card_raw, kind=kind)
     except UploadTooLarge:
         raise ApiError(413, f"the checkpoint exceeds ROBUSTAUDIT_MAX_UPLOAD_MB={svc.config.max_upload_mb:g}") from None
+    except SandboxRefused as exc:
+        # fail closed: a model the sandbox could not check is not registered
+        status = 503 if exc.code == "sandbox_unavailable" else 422
+        raise ApiError(status, f"the checkpoint could not be checked in the sandbox: {exc.message}",
+                       code=exc.code) from None
 
 
 @blp.route("")

@@ -49,6 +49,13 @@ class AuditStatus(str, Enum):
         return self in (AuditStatus.SUCCEEDED, AuditStatus.FAILED, AuditStatus.CANCELLED)
 
 
+class ModelKind(str, Enum):
+    """What a registered model is for: audited (or a surrogate) classifier, or a generator."""
+
+    CLASSIFIER = "classifier"
+    GENERATOR = "generator"
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -65,7 +72,10 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     card_sha256: Mapped[str] = mapped_column(String(64))
     format: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16), default=ModelKind.CLASSIFIER.value,
+                                      server_default=ModelKind.CLASSIFIER.value)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    #: the stored file on the server: never sent to a client, never put in a report
     path: Mapped[str] = mapped_column(Text)
     card: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

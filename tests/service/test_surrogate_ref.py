@@ -1,5 +1,6 @@
-"""A suite parameter that names another registered model (the attacks suite's surrogate) is
-resolved at submit time to the stored checkpoint and card, tenant-scoped."""
+"""A suite parameter that names another registered model (the attacks suite's surrogate) is a
+registered id of the tenant's: checked at submit time, stored as the id (never a path), and
+resolved to the file again by the worker, which binds it into the sandbox."""
 
 from service.store.models import Audit
 from tests.service.conftest import assert_error_body, audit_body, auth, upload_demo
@@ -10,16 +11,23 @@ def _submit(client, model_id, surrogate, tenant="alice"):
     return client.post("/v1/audits", headers=auth(tenant), json=body)
 
 
-def test_surrogate_model_id_resolves_to_the_stored_files(client, model_id, store, dispatcher):
+def test_surrogate_model_id_is_stored_as_the_id(client, model_id, store, dispatcher):
     sur = upload_demo(client, name="digits_cnn_pgd")
     assert sur.status_code == 201, sur.json
     resp = _submit(client, model_id, {"model_id": sur.json["id"]})
     assert resp.status_code == 202, resp.json
     with store.session() as s:
         ref = s.get(Audit, resp.json["id"]).request["suites"]["attacks"]["surrogate"]
-    assert ref["model_id"] == sur.json["id"]
-    assert ref["model"].endswith(".pt") and ref["model"] != ""
-    assert ref["card"]["name"] == "digits_cnn_pgd"
+        audit = s.get(Audit, resp.json["id"])
+        from service.audits import engine_job
+        from service.store import Model
+
+        job = engine_job(audit.request, s.get(Model, model_id), lambda i: s.get(Model, i), device="cpu")
+    assert ref == {"model_id": sur.json["id"], "model": None, "card": None}
+    # the worker resolves it to the file it binds into the sandbox, named by the id
+    sur_ref = job.spec["suites"]["attacks"]["surrogate"]
+    assert sur_ref["model"] == f"{sur.json['id']}.pt" and sur_ref["card"]["name"] == "digits_cnn_pgd"
+    assert job.inputs[f"{sur.json['id']}.pt"].is_file()
     assert dispatcher.sent == [resp.json["id"]]
 
 
@@ -35,4 +43,4 @@ def test_unknown_or_foreign_surrogate_is_422_and_nothing_is_queued(client, model
 
 def test_surrogate_with_both_id_and_files_is_422(client, model_id):
     body = assert_error_body(_submit(client, model_id, {"model_id": "x", "model": "/tmp/a.pt"}), 422)
-    assert "exclusive" in str(body["details"]["errors"])
+    assert "not accepted over the API" in str(body["details"]["errors"])

@@ -33,10 +33,13 @@ GEOMETRIC_PARAMS = ParamSchema((
 GENERATOR_PARAMS = ParamSchema((
     Param("enabled", ParamKind.BOOL, True, "run the generator-layer perturbations (skipped with a warning when "
           "no generator is given and the dataset has no bundled one)"),
-    Param("generator", ParamKind.STR, None, "generator weights (safetensors or state dict); default: the bundled "
-          "demo generator for builtin:digits", nullable=True),
-    Param("card", ParamKind.STR, None, "generator card (default: <stem>.card.json beside the weights)",
+    Param("generator", ParamKind.STR, None, "generator weights file (safetensors or state dict; CLI only, the "
+          "service fills it in from generator_id); default: the bundled demo generator for builtin:digits",
           nullable=True),
+    Param("card", ParamKind.JSON, None, "generator card: a path, the card object, or null (the <stem>.card.json "
+          "beside the weights; CLI only, the service fills it in from generator_id)", nullable=True),
+    Param("generator_id", ParamKind.STR, None, "API: a registered generator's id (uploaded to /v1/models with "
+          "kind=generator); the service resolves it", nullable=True),
     Param("layers", ParamKind.STR_LIST, None, "layers to perturb (default: all in the card, coarse -> fine)",
           nullable=True),
     Param("seeds_per_sample", ParamKind.INT, 1, "latents drawn per sampled image (its class is the seed's class)",

@@ -1,0 +1,101 @@
+"""The service's two uses of the sandbox (:mod:`worker.sandbox`): the upload check in the API
+and the audit run in a worker. Neither process loads an uploaded model itself.
+
+Inside the sandbox a registered model appears as ``<model id><suffix>`` (an upload being
+checked, as its sanitised file name), so every message and report names ids and file names,
+never a server path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from worker.engine.errors import AuditInputError
+from worker.sandbox import Sandbox, SandboxFailed, SandboxJob, SandboxLimits, SandboxMode, SandboxUnavailable
+
+from .config import Config
+from .store.models import Model, ModelKind
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
+
+
+class SandboxedInputError(AuditInputError):
+    """An input error the engine raised inside the sandbox, with the engine's own code."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
+class SandboxRefused(Exception):
+    """The sandbox cannot run here, died or timed out: the model was not (fully) checked.
+
+    Args:
+        code: ``sandbox_unavailable``, ``sandbox_timeout`` or ``sandbox_failed``.
+        message: what happened.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def make_sandbox(config: Config, *, wall_s: float, gpu: bool = False) -> Sandbox:
+    """The configured sandbox; the service's home and storage are hidden inside it.
+
+    On a GPU the address-space limit is left off: CUDA reserves far more address space than
+    it uses, so there the container's memory limit is what bounds the process.
+    """
+    memory = None if gpu or not config.sandbox_memory_mb else config.sandbox_memory_mb
+    limits = SandboxLimits(memory_mb=memory, wall_s=wall_s,
+                           cpu_s=int(max(60.0, wall_s) * 4))
+    return Sandbox(SandboxMode(config.sandbox), limits, hide=(config.home, config.storage_dir))
+
+
+def file_name(name: str, fallback: str) -> str:
+    """A safe single-component file name from a client's file name (keeps a short suffix)."""
+    base = _UNSAFE.sub("_", Path(name or "").name).strip("._")[:100]
+    return base or fallback
+
+
+def input_name(model: Model) -> str:
+    """The name of a registered model's file inside the sandbox: its id and the file's suffix."""
+    suffix = Path(model.path).suffix
+    return model.id + (suffix if _SUFFIX.match(suffix) else "")
+
+
+def run_job(sandbox: Sandbox, job: SandboxJob, **kwargs: Any) -> dict[str, Any]:
+    """The job's result; an engine input error comes back as :class:`SandboxedInputError`.
+
+    Raises:
+        SandboxedInputError: the model or the request is wrong (a 422, or a failed audit).
+        SandboxRefused: the sandbox could not run the job to the end.
+    """
+    try:
+        outcome = sandbox.run(job, **kwargs)
+    except SandboxUnavailable as exc:
+        raise SandboxRefused("sandbox_unavailable", str(exc)) from None
+    except SandboxFailed as exc:
+        raise SandboxRefused(exc.code, exc.message) from None
+    if outcome.error is not None:
+        error = outcome.error
+        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        if error["code"] in ("internal_error", "cancelled"):
+            raise SandboxRefused(error["code"], error["message"])
+        raise SandboxedInputError(error["code"], error["message"], **details)
+    return outcome.result or {}
+
+
+def check_upload(config: Config, path: Path, card: dict[str, Any], *, kind: ModelKind,
+                 filename: str) -> dict[str, Any]:
+    """Load and probe an upload in the sandbox, within ``config.upload_check_s``.
+
+    Returns what the child reports about the model (parameter count, generator layers, ...).
+    """
+    name = file_name(filename, "checkpoint" + (path.suffix if _SUFFIX.match(path.suffix) else ""))
+    op = "check_generator" if kind is ModelKind.GENERATOR else "check_model"
+    job = SandboxJob(op, {"checkpoint": name, "card": card}, inputs={name: path})
+    return run_job(make_sandbox(config, wall_s=config.upload_check_s), job)

@@ -1,0 +1,109 @@
+"""The process inside the sandbox: ``python -m worker.sandbox_child FD``.
+
+It reads one job (JSON) from stdin, lowers its own resource limits before it reads any
+model file, runs the job with the engine and writes JSON lines to file descriptor FD:
+``{"progress": {"suite": s, "fraction": f}}`` while it runs, then ``{"result": ...}`` or
+``{"error": {"code", "message", "details"}}``. Ops:
+
+- ``check_model``: load and probe a classifier (the upload check);
+- ``check_generator``: load and probe a generator;
+- ``audit``: run an audit; the report is also written to ``out/report.json``.
+
+File names in the job are relative to the working directory, where the sandbox binds the
+inputs read-only, so messages and reports name files, never server paths.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import sys
+from typing import IO, Any
+
+MAX_JOB_BYTES = 16 * 1024 * 1024
+
+
+def set_limits(limits: dict[str, Any]) -> None:
+    """Soft and hard limits together: without capabilities they cannot be raised again."""
+
+    def cap(which: int, value: int) -> None:
+        soft, hard = resource.getrlimit(which)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(which, (value, value))
+
+    if limits.get("memory_mb"):
+        cap(resource.RLIMIT_AS, int(limits["memory_mb"]) << 20)
+    cap(resource.RLIMIT_CPU, int(limits["cpu_s"]))
+    cap(resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20)
+    cap(resource.RLIMIT_NOFILE, int(limits["open_files"]))
+    cap(resource.RLIMIT_CORE, 0)
+
+
+class Channel:
+    """JSON lines to the parent."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(message, default=str) + "\n")
+        self.stream.flush()
+
+
+def run_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """The op's result (JSON data); engine input errors propagate."""
+    op, payload = job["op"], job["payload"]
+    for name in payload.get("plugins") or ():  # the operator's suites (ROBUSTAUDIT_PLUGINS), not the client's
+        importlib.import_module(name)
+    if op == "check_model":
+        from worker.engine.models import load_classifier
+
+        clf = load_classifier(payload["checkpoint"], payload["card"], device="cpu")
+        return {"model": clf.describe()}
+    if op == "check_generator":
+        from worker.engine.generators.loading import load_generator
+
+        gen = load_generator(payload["checkpoint"], payload["card"], device="cpu")
+        return {"generator": gen.describe()}
+    if op == "audit":
+        from worker.engine.checkpoints import DirectoryCheckpoints
+        from worker.engine.datasets import DataRoots
+        from worker.engine.runner import run_audit
+        from worker.engine.spec import AuditSpec
+
+        def progress(suite: str, fraction: float) -> None:
+            channel.send({"progress": {"suite": suite, "fraction": fraction}})
+
+        spec = AuditSpec.from_dict(payload["spec"])
+        checkpoints = DirectoryCheckpoints(job["checkpoints"]) if job.get("checkpoints") else None
+        return run_audit(spec, job["out"], on_progress=progress, roots=DataRoots(payload["data_roots"]),
+                         shard_size=payload.get("shard_size"), checkpoints=checkpoints)
+    raise ValueError(f"unknown sandbox op {op!r}")
+
+
+def main(argv: list[str]) -> int:
+    channel = Channel(os.fdopen(int(argv[1]), "w", encoding="utf-8"))
+    job = json.loads(sys.stdin.buffer.read(MAX_JOB_BYTES))
+    set_limits(job["limits"])
+    from worker.engine.errors import AuditInputError
+
+    try:
+        result = run_job(job, channel)
+    except AuditInputError as exc:
+        channel.send({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+        return 0
+    except MemoryError:
+        channel.send({"error": {"code": "sandbox_limit", "message": "the model needs more memory than the "
+                                f"sandbox allows ({job['limits'].get('memory_mb')} MB)"}})
+        return 0
+    except Exception as exc:  # a bug or a hostile model: reported, the parent decides
+        channel.send({"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}})
+        return 1
+    channel.send({"result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
