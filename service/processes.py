@@ -31,12 +31,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     cmd_migrate(args)
     if args.dev:
         from .app import create_app
+        from .storage import Storage
+
+        Storage(_config().storage_dir).remove_partials()  # gunicorn's on_starting does it otherwise
 
         host, _, port = args.bind.rpartition(":")
         create_app().run(host=host or "127.0.0.1", port=int(port), debug=False)
         return 0
-    argv = [sys.executable, "-m", "gunicorn", "--bind", args.bind, "--workers", str(args.workers),
-            "--timeout", "300", "--access-logfile", "-", "service.app:create_app()"]
+    # Worker class, threads, timeouts, request limits and the .part clean-up: service/gunicorn_conf.py
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf", "--bind", args.bind,
+            "--workers", str(args.workers), "service.app:create_app()"]
     os.execv(sys.executable, argv)
     return 0  # not reached
 
@@ -75,9 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.storage_dir.mkdir(parents=True, exist_ok=True)
     for root in config.data_roots:
         root.mkdir(parents=True, exist_ok=True)
+    from .storage import Storage
     from .store import Store
 
     Store(config.database_url).migrate()
+    # Nothing is uploading before the children start: every .part file is a dead upload's.
+    Storage(config.storage_dir).remove_partials()
     env = {**os.environ, **config.as_env()}
     exe = [sys.executable, "-m", "service.cli"]
     commands = {

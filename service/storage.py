@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -41,8 +42,26 @@ class Storage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
+    def remove_partials(self, older_than_s: float = 0) -> int:
+        """Remove the ``.part`` files of uploads that never finished (a worker killed mid-upload
+        leaves its own); returns how many. At start-up ``older_than_s=0`` removes them all: no
+        upload is running yet. A positive age spares uploads in flight in other processes."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for part in (self.root / "tmp").glob("*.part"):
+            try:
+                if part.stat().st_mtime <= cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its upload finished (or another process removed it) meanwhile
+                continue
+        return removed
+
     def save_upload(self, stream: IO[bytes], filename: str, *, max_bytes: int) -> StoredFile:
-        """Stream ``stream`` into ``models/<sha256><suffix>``; an existing identical file is reused."""
+        """Stream ``stream`` into ``models/<sha256><suffix>``; an existing identical file is reused.
+
+        Whatever ends the copy early (the size limit, a client that disconnects, an I/O error)
+        removes the ``.part`` file before the error goes on."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0

@@ -25,6 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Request, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from .errors import ApiError
 
@@ -62,9 +65,6 @@ def refuse_string(value: str, where: str, *, status: int = 400) -> None:
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in ``raw``, without parsing (and so without
     recursion): brackets inside strings do not count."""
-    brackets = raw.count(b"[") + raw.count(b"{")
-    if brackets <= MAX_JSON_DEPTH:  # it cannot nest deeper than it has brackets
-        return brackets
     depth = deepest = 0
     for token in _DEPTH_TOKEN.finditer(raw):
         t = token.group()
@@ -167,8 +167,33 @@ def check_request() -> None:
         request.max_content_length = min(request.max_content_length or MAX_JSON_BYTES, MAX_JSON_BYTES)
 
 
+class _MaxStream(LimitedStream):
+    """A body of unknown length (chunked) capped at the request's maximum. Werkzeug's own cap
+    stops ``read()`` at the limit and hands back the truncated body as if it were all (a JSON
+    parse error, 400); this one looks one byte further and answers 413 when there is more."""
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        super().__init__(stream, limit, is_max=True)
+        self._source = stream
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        if self.is_exhausted and self._source.read(1):
+            raise RequestEntityTooLarge()
+        return data
+
+
 class BoundedRequest(Request):
-    """Flask's request, whose multipart fields and file names are checked when first parsed."""
+    """Flask's request, whose multipart fields and file names are checked when first parsed,
+    and whose chunked bodies over the limit are refused with 413."""
+
+    @cached_property
+    def stream(self) -> Any:
+        limit = self.max_content_length
+        if (limit is not None and self.content_length is None and "wsgi.input_terminated" in self.environ
+                and not self.shallow):
+            return _MaxStream(self.environ["wsgi.input"], limit)
+        return Request.stream.__get__(self, type(self))  # type: ignore[attr-defined]
 
     def _load_form_data(self) -> None:
         super()._load_form_data()
