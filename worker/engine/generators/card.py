@@ -7,8 +7,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ..card import (MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_NAME_CHARS, MAX_NUM_CLASSES, is_bounded_name,
+                    short_repr)
 from ..errors import AuditInputError
 from ..jsonfile import read_json
+
+# A generator card is client input: bounded like a model card before anything is built from it.
+MAX_LATENT_DIM = 65_536
+MAX_LAYERS = 1000
 
 
 class GeneratorError(AuditInputError):
@@ -66,43 +72,58 @@ class GeneratorCard:
             return raw[key]
 
         arch = need("arch")
-        if arch not in GENERATOR_ARCHS:
-            raise GeneratorError(f"unknown generator arch {arch!r}; known: {sorted(GENERATOR_ARCHS)}")
+        if not isinstance(arch, str) or arch not in GENERATOR_ARCHS:
+            raise GeneratorError(f"unknown generator arch {short_repr(arch)}; known: {sorted(GENERATOR_ARCHS)}")
         try:
             fmt = GeneratorFormat(need("format"))
         except ValueError:
-            raise GeneratorError(f"generator format {raw['format']!r} is not one of "
+            raise GeneratorError(f"generator format {short_repr(raw['format'])} is not one of "
                                  f"{[f.value for f in GeneratorFormat]}") from None
         latent = need("latent_dim")
-        if not isinstance(latent, int) or isinstance(latent, bool) or latent < 1:
-            raise GeneratorError(f"latent_dim must be a positive integer, got {latent!r}")
+        if not isinstance(latent, int) or isinstance(latent, bool) or not 1 <= latent <= MAX_LATENT_DIM:
+            raise GeneratorError(f"latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {short_repr(latent)}")
         conditional = raw.get("conditional", False)
         if not isinstance(conditional, bool):
             raise GeneratorError("conditional must be true or false")
         num_classes = raw.get("num_classes", 0)
         names = raw.get("class_names") or []
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes > MAX_NUM_CLASSES:
+            raise GeneratorError(f"num_classes must be an integer of at most {MAX_NUM_CLASSES}, "
+                                 f"got {short_repr(num_classes)}")
+        if not isinstance(names, list) or len(names) > MAX_NUM_CLASSES:
+            raise GeneratorError(f"class_names must be a list of at most {MAX_NUM_CLASSES} strings")
         if conditional:
-            if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            if num_classes < 1:
                 raise GeneratorError("a conditional generator needs class information: num_classes "
                                      "(a positive integer) and class_names in its card")
             if not names:
                 raise GeneratorError("a conditional generator needs class information: class_names in its "
                                      "card, so that its classes can be matched to the model's")
-            if len(names) != num_classes or not all(isinstance(n, str) for n in names):
-                raise GeneratorError(f"class_names must be {num_classes} strings (num_classes), got {len(names)}")
+            if len(names) != num_classes or not all(is_bounded_name(n) for n in names):
+                raise GeneratorError(f"class_names must be {num_classes} strings (num_classes) of at most "
+                                     f"{MAX_NAME_CHARS} characters without NUL, got {len(names)}")
         size = need("output_size")
-        if (not isinstance(size, list) or len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size)
+        if (not isinstance(size, list) or len(size) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
                 or size[0] not in (1, 3)):
-            raise GeneratorError(f"output_size must be [C, H, W] with C 1 or 3, got {size!r}")
+            raise GeneratorError(f"output_size must be [C, H, W] with C 1 or 3, got {short_repr(size)}")
+        if max(size[1:]) > MAX_INPUT_SIDE or size[0] * size[1] * size[2] > MAX_INPUT_ELEMENTS:
+            raise GeneratorError(f"output_size {size} is above the limits: each side at most {MAX_INPUT_SIDE}, "
+                                 f"C x H x W at most {MAX_INPUT_ELEMENTS}")
         layers = need("layers")
-        if not isinstance(layers, list) or not layers or not all(isinstance(v, str) and v for v in layers):
-            raise GeneratorError("layers must be a non-empty list of submodule names, coarse to fine")
+        if (not isinstance(layers, list) or not layers or len(layers) > MAX_LAYERS
+                or not all(is_bounded_name(v) and v for v in layers)):
+            raise GeneratorError(f"layers must be a non-empty list of at most {MAX_LAYERS} submodule names, "
+                                 "coarse to fine")
         options = raw.get("options", {})
         if not isinstance(options, dict):
             raise GeneratorError("options must be an object")
+        display = raw.get("name") or ""
+        if not is_bounded_name(display):
+            raise GeneratorError(f"name must be a string of at most {MAX_NAME_CHARS} characters without NUL")
         return cls(arch=arch, format=fmt, latent_dim=latent, num_classes=int(num_classes or 0),
                    conditional=conditional, output_size=(size[0], size[1], size[2]), layers=tuple(layers),
-                   class_names=tuple(names), options=dict(options), name=str(raw.get("name", "")))
+                   class_names=tuple(names), options=dict(options), name=display)
 
     @classmethod
     def from_file(cls, path: str | Path) -> GeneratorCard:
@@ -113,3 +134,4 @@ class GeneratorCard:
                 "num_classes": self.num_classes, "conditional": self.conditional,
                 "output_size": list(self.output_size), "layers": list(self.layers),
                 "class_names": list(self.class_names), "options": self.options}
+

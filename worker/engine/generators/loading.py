@@ -1,7 +1,7 @@
 """``load_generator``: weights + generator card -> a ready generator on a device.
 
-Same safety rules as models: safetensors through our strict reader, or a state dict read
-with ``weights_only=True``; nothing in the file runs code. Keys and shapes must match the
+Same safety rules as models: safetensors through the safetensors library, or a state dict read
+with ``weights_only=True`` (a zip-format one bounded first); nothing in the file runs code. Keys and shapes must match the
 registered architecture exactly.
 """
 
@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
-from ..models import load_safetensors, sha256_file
-from ..models.weights import normalise_state_dict, read_torch_state_dict
+from ..models.formats import read_state_dict
+from ..models.loading import sha256_file
+from ..models.safetensors_file import load_safetensors
+from ..models.weights import normalise_state_dict
 from .biggan import BigGANDeep
 from .card import GeneratorCard, GeneratorError, GeneratorFormat
 from .digits import DigitsGenerator
@@ -35,7 +37,7 @@ BUILDERS: dict[str, Callable[[GeneratorCard], nn.Module]] = {
 
 READERS: dict[GeneratorFormat, Callable[[Path], Any]] = {
     GeneratorFormat.SAFETENSORS: load_safetensors,
-    GeneratorFormat.STATE_DICT: read_torch_state_dict,
+    GeneratorFormat.STATE_DICT: read_state_dict,
 }
 
 
@@ -75,7 +77,7 @@ def load_generator(path: str | Path, card: GeneratorCard | str | Path | dict[str
     """Load generator weights as its card (default ``<stem>.card.json`` beside them) describes."""
     p = Path(path)
     if not p.is_file():
-        raise GeneratorError(f"generator weights not found: {p}")
+        raise GeneratorError(f"generator weights not found: {p.name}")
     gcard = _resolve_card(card, p)
     model = BUILDERS[gcard.arch](gcard)
     try:
@@ -107,7 +109,8 @@ def _resolve_card(card: GeneratorCard | str | Path | dict[str, Any] | None, weig
     if card is None:
         card = weights.with_name(weights.name.split(".")[0] + ".card.json")
         if not Path(card).is_file():
-            raise GeneratorError(f"no generator card given and none beside the weights: looked for {card}")
+            raise GeneratorError("no generator card given and none beside the weights: looked for "
+                                 f"{Path(card).name}")
     return GeneratorCard.from_file(card)
 
 
@@ -118,7 +121,7 @@ def _load_exact(model: nn.Module, weights: dict[str, torch.Tensor], card: Genera
     wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
              if k in weights and weights[k].shape != v.shape]
     if missing or unexpected or wrong:
-        raise GeneratorError(f"{path} does not fit generator arch {card.arch!r} with this card: missing {missing[:4]}, "
+        raise GeneratorError(f"{path.name} does not fit generator arch {card.arch!r} with this card: missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]}, shape mismatches {wrong[:4]}; check the card's "
                              "arch, latent_dim, num_classes and options")
     model.load_state_dict(weights)

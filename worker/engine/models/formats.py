@@ -7,21 +7,26 @@ code stored in the file.
 
 from __future__ import annotations
 
+import io
+import re
 import struct
 import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from ..card import ModelCard, ModelFormat
 from ..errors import ModelCardError, ModelLoadError
+from .archive import check_zip_archive
+from .export_archive import check_export_archive
 from .messages import first_sentence
-from .safetensors_reader import load_safetensors
+from .operators import check_graph_module, check_torchscript
+from .safetensors_file import load_safetensors
 from .torchvision_archs import build_arch
 from .weights import load_weights, normalise_state_dict, read_torch_state_dict
 
@@ -65,43 +70,104 @@ class ExportedModule(nn.Module):
         return self
 
 
+# TorchScript runs a class's __setstate__ while it unpickles the archive, before any check could
+# look at the graph; no model we accept needs one.
+_SETSTATE = re.compile(rb"\bdef\s+__setstate__\b")
+_MAX_CODE_MEMBER = 64 * 1024 * 1024
+
+
 def load_torchscript(path: Path, card: ModelCard, device: torch.device) -> Loaded:
-    """A TorchScript archive: code and weights, run by the TorchScript interpreter."""
+    """A TorchScript archive: code and weights, run by the TorchScript interpreter.
+
+    The zip is bounded first, code that would run while loading (``__setstate__``) is refused,
+    and after loading every operator of every method is checked against the allow-list.
+    """
+    _require_zip(path, "TorchScript archive", card)
+    members = check_zip_archive(path, name=path.name)
+    _refuse_load_time_code(path, members)
     try:
         with warnings.catch_warnings():
             # Deprecated since torch 2.15 but still supported; users have such files.
             warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
             model = torch.jit.load(str(path), map_location=device)
     except _READ_ERRORS as exc:
-        raise ModelLoadError(f"{path} is not a readable TorchScript archive: {first_sentence(exc)}"
+        raise ModelLoadError(f"{path.name} is not a readable TorchScript archive: {first_sentence(exc)}"
                              f"{format_hint(path, card.format)}") from None
+    check_torchscript(model, label=path.name)
     return Loaded(model)
 
 
-def load_export(path: Path, card: ModelCard, device: torch.device) -> Loaded:
-    """A torch.export program (.pt2); a static batch dimension becomes ``fixed_batch``."""
+def _require_zip(path: Path, what: str, card: ModelCard) -> None:
     try:
-        with path.open("rb") as f:  # a file object: torch.export accepts it whatever the extension
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    if not is_zip:
+        raise ModelLoadError(f"{path.name} is not a readable {what}: it is not a zip archive"
+                             f"{format_hint(path, card.format)}")
+
+
+def _refuse_load_time_code(path: Path, members: list[zipfile.ZipInfo]) -> None:
+    code = [m for m in members if "/code/" in m.filename and m.filename.endswith(".py")]
+    with zipfile.ZipFile(path) as archive:
+        for info in code:
+            if info.file_size > _MAX_CODE_MEMBER:
+                raise ModelLoadError(f"{path.name}: TorchScript code member {info.filename!r} is "
+                                     f"{info.file_size} bytes, above {_MAX_CODE_MEMBER}")
+            if _SETSTATE.search(archive.read(info)):
+                raise ModelLoadError(f"{path.name}: TorchScript code {info.filename!r} defines __setstate__, "
+                                     "which would run while the archive is loaded; refused",
+                                     member=info.filename, operator="__setstate__")
+
+
+def load_export(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+    """A torch.export program (.pt2); a static batch dimension becomes ``fixed_batch``.
+
+    The archive is checked first (no pickled payload, only known members, harmless expressions
+    and guards, allowed operators), the pickled sample inputs are read with weights-only
+    semantics, and the loaded graph is checked again against the operator allow-list.
+    """
+    _require_zip(path, "torch.export program", card)
+    with path.open("rb") as f:  # one open file for the checks and the load: they see the same bytes
+        archive = check_export_archive(f, name=path.name)
+        _check_sample_inputs(f, path.name, [f"{archive.root}/{m}" for m in archive.sample_inputs])
+        f.seek(0)
+        try:
             program = torch.export.load(f)
-    except _READ_ERRORS as exc:
-        raise ModelLoadError(f"{path} is not a readable torch.export program: {first_sentence(exc)}"
-                             f"{format_hint(path, card.format)}") from None
+        except _READ_ERRORS as exc:
+            raise ModelLoadError(f"{path.name} is not a readable torch.export program: {first_sentence(exc)}"
+                                 f"{format_hint(path, card.format)}") from None
+    check_graph_module(program.graph_module, label=path.name)
     shape = _input_shape(program, path)
     if len(shape) != 4:
-        raise ModelCardError(f"the exported program in {path} takes a {len(shape)}-d input, expected "
+        raise ModelCardError(f"the exported program in {path.name} takes a {len(shape)}-d input, expected "
                              "N x C x H x W images")
     for got, want, name in zip(shape[1:], card.input_size, "CHW"):
         if isinstance(got, int) and got != want:
-            raise ModelCardError(f"the exported program in {path} takes input (N, "
+            raise ModelCardError(f"the exported program in {path.name} takes input (N, "
                                  f"{', '.join(_dim(d) for d in shape[1:])}) but the model card "
                                  f"'input_size' is {list(card.input_size)} ({name} differs)")
     batch = shape[0]
     module = ExportedModule(program.module()).to(device)
     if isinstance(batch, int):
         if batch < 1:
-            raise ModelLoadError(f"the exported program in {path} has a batch size of {batch}")
+            raise ModelLoadError(f"the exported program in {path.name} has a batch size of {batch}")
         return Loaded(module, fixed_batch=batch)
     return Loaded(module, max_batch=_upper_bound(program, batch))
+
+
+def _check_sample_inputs(f: IO[bytes], name: str, members: list[str]) -> None:
+    """torch reads these with weights_only=True and, when that fails, again with a full unpickler:
+    a member that fails here would take the unsafe path, so it is refused."""
+    with zipfile.ZipFile(f) as archive:
+        for member in members:
+            try:
+                torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+            # Any failure at all would send torch down its weights_only=False fallback.
+            except Exception as exc:  # noqa: BLE001
+                raise ModelLoadError(f"{name}: sample inputs {member.split('/', 1)[-1]!r} are not plain tensors "
+                                     f"({first_sentence(exc)[:160]}); torch would unpickle them unsafely; "
+                                     "refused", member=member) from None
 
 
 def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Path, ModelCard, torch.device], Loaded]:
@@ -120,9 +186,16 @@ def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Pa
     return load
 
 
-# safetensors is read by our own reader (no pickle); a state_dict with weights_only=True.
+def read_state_dict(path: Path) -> Any:
+    """A zip-format torch.save file is bounded before torch decompresses anything (legacy files are not zips)."""
+    if zipfile.is_zipfile(path):
+        check_zip_archive(path, name=path.name)
+    return read_torch_state_dict(path)
+
+
+# safetensors is read by the safetensors library (no pickle); a state_dict with weights_only=True.
 load_safetensors_weights = _arch_weights_loader(load_safetensors, "safetensors weights")
-load_state_dict_weights = _arch_weights_loader(read_torch_state_dict, "A torch.save(model.state_dict()) file")
+load_state_dict_weights = _arch_weights_loader(read_state_dict, "A torch.save(model.state_dict()) file")
 
 
 LOADERS: dict[ModelFormat, Callable[[Path, ModelCard, torch.device], Loaded]] = {
@@ -168,14 +241,14 @@ def format_hint(path: Path, declared: ModelFormat) -> str:
 def _input_shape(program: Any, path: Path) -> tuple[Any, ...]:
     names = list(program.graph_signature.user_inputs)
     if len(names) != 1:
-        raise ModelLoadError(f"the exported program in {path} takes {len(names)} inputs, expected one "
+        raise ModelLoadError(f"the exported program in {path.name} takes {len(names)} inputs, expected one "
                              "batch of images")
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name == names[0]:
             val = node.meta.get("val")
             if isinstance(val, torch.Tensor):
                 return tuple(val.shape)
-    raise ModelLoadError(f"the exported program in {path} does not record its input's shape")
+    raise ModelLoadError(f"the exported program in {path.name} does not record its input's shape")
 
 
 def _upper_bound(program: Any, dim: Any) -> int | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..card import ModelCard, default_card_path
+from ..card import ModelCard, default_card_path, require_batch_fits
 from ..classifier import Classifier
 from ..errors import ModelCardError, ModelLoadError
 from .formats import LOADERS
@@ -23,6 +23,8 @@ from .messages import model_message
 _CHUNK = 1 << 20
 PROBE_BATCH = 2
 PROBE_SEED = 0
+#: The probe batch may take at most this much (a card at the input-size limits needs 400 MB).
+PROBE_MAX_BYTES = 1 << 30
 
 
 def sha256_file(path: str | Path) -> str:
@@ -45,7 +47,7 @@ def resolve_card(card: ModelCard | str | Path | dict[str, Any] | None, checkpoin
     if card is None:
         path = default_card_path(checkpoint)
         if not path.is_file():
-            raise ModelCardError(f"no model card given and none beside the checkpoint: looked for {path}")
+            raise ModelCardError(f"no model card given and none beside the checkpoint: looked for {path.name}")
         return ModelCard.from_file(path)
     raise TypeError(f"card must be a ModelCard, a dict or a path, not {type(card).__name__}")
 
@@ -61,9 +63,9 @@ def load_classifier(checkpoint: str | Path, card: ModelCard | str | Path | dict[
     """
     path = Path(checkpoint)
     if not path.exists():
-        raise ModelLoadError(f"checkpoint not found: {path}")
+        raise ModelLoadError(f"checkpoint not found: {path.name}")
     if not path.is_file():
-        raise ModelLoadError(f"checkpoint is not a file: {path}")
+        raise ModelLoadError(f"checkpoint is not a file: {path.name}")
     model_card = resolve_card(card, path)
     target = torch.device(device)
     digest = sha256_file(path)
@@ -78,6 +80,9 @@ def load_classifier(checkpoint: str | Path, card: ModelCard | str | Path | dict[
 
 def probe(classifier: Classifier) -> None:
     """Run two seeded noise images through the model and check its output."""
+    # Estimated before torch allocates: a card from outside the card validator could still ask for terabytes.
+    require_batch_fits(tuple(classifier.input_size), PROBE_BATCH, limit_bytes=PROBE_MAX_BYTES,
+                       what="the probe batch")
     generator = torch.Generator().manual_seed(PROBE_SEED)
     x = torch.rand(PROBE_BATCH, *classifier.input_size, generator=generator)
     try:

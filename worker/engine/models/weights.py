@@ -30,11 +30,11 @@ def read_torch_state_dict(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
-            f"{path} holds objects other than tensors ({_unpickling_reason(exc)}) and is not loaded, "
+            f"{path.name} holds objects other than tensors ({_unpickling_reason(exc)}) and is not loaded, "
             "for safety: save model.state_dict() with torch.save, or use safetensors") from None
     except (RuntimeError, ValueError, EOFError, OSError) as exc:
         raise ModelLoadError(
-            f"{path} is not a readable torch.save state dict: {first_sentence(exc)}") from None
+            f"{path.name} is not a readable torch.save state dict: {first_sentence(exc)}") from None
 
 
 def normalise_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -45,11 +45,11 @@ def normalise_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
                 raw = raw[key]
                 break
     if not isinstance(raw, dict) or not raw:
-        raise ModelLoadError(f"{path} must hold a non-empty dict of tensors (a state dict), "
+        raise ModelLoadError(f"{path.name} must hold a non-empty dict of tensors (a state dict), "
                              f"got {type(raw).__name__}")
     bad = sorted(str(k) for k, v in raw.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if bad:
-        raise ModelLoadError(f"{path} holds values other than tensors under {bad[:5]}: save "
+        raise ModelLoadError(f"{path.name} holds values other than tensors under {bad[:5]}: save "
                              "model.state_dict() (or put it under a 'state_dict' key)")
     if all(k.startswith(_PARALLEL_PREFIX) for k in raw):
         raw = {k[len(_PARALLEL_PREFIX):]: v for k, v in raw.items()}
@@ -72,13 +72,13 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], card: Model
             parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         if wrong:
             parts.append(f"shape mismatches (checkpoint vs {card.arch}) {wrong[:5]}")
-        raise ModelLoadError(f"{path} does not fit architecture {card.arch!r}: {'; '.join(parts)}. "
+        raise ModelLoadError(f"{path.name} does not fit architecture {card.arch!r}: {'; '.join(parts)}. "
                              "Check 'arch' in the model card.")
     try:
         model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
         raise ModelLoadError(
-            f"{path}: cannot load weights into {card.arch!r}: {first_sentence(exc)}") from None
+            f"{path.name}: cannot load weights into {card.arch!r}: {first_sentence(exc)}") from None
 
 
 def _check_head(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], card: ModelCard,
@@ -90,7 +90,7 @@ def _check_head(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tens
         if (got is not None and want.ndim >= 1 and got.ndim == want.ndim and want.shape[0] == n
                 and got.shape[0] != n and got.shape[1:] == want.shape[1:]):
             raise ModelCardError(f"num_classes in the card is {n} but the checkpoint's {key} has "
-                                 f"{got.shape[0]} rows ({path})")
+                                 f"{got.shape[0]} rows ({path.name})")
 
 
 def _unpickling_reason(exc: BaseException) -> str:
