@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= var/demo
 
-.PHONY: install demo test lint bench clean openapi
+.PHONY: install demo test fuzz lint bench clean openapi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ openapi: install
 
 test: install
 	$(PY) -m pytest -q -ra
+
+# Schemathesis against the served OpenAPI document with auth on: >= 1,000 deterministic cases,
+# positive and negative; fails on any 5xx and prints the case and 5xx counts.
+fuzz: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/fuzz/fuzz_api.py
 
 # CPU benchmarks (ratios against baselines in the same run); see each file for GPU options.
 bench: install

@@ -198,10 +198,16 @@ class BoundedRequest(Request):
     def _load_form_data(self) -> None:
         super()._load_form_data()
         for key, values in self.form.lists():
-            refuse_string(key, "a form field name")
+            _refuse_part_name(key)
             for value in values:
                 refuse_string(value, f"form field {key!r}")
         for key, files in self.files.lists():
-            refuse_string(key, "a multipart part name")
+            _refuse_part_name(key)
             for file in files:
                 refuse_string(file.filename or "", f"the file name of part {key!r}")
+
+
+def _refuse_part_name(key: str | None) -> None:
+    if not key:  # werkzeug keeps a part whose Content-Disposition has no name under None
+        raise ApiError(400, "a multipart part has no name", code="invalid_multipart")
+    refuse_string(key, "a multipart part name")
