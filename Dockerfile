@@ -9,6 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ROBUSTAUDIT_HOME=/data \
     ROBUSTAUDIT_STORAGE_DIR=/data/storage
 
+# bubblewrap: every uploaded model runs in a sandbox (see README, "Security"); util-linux for prlimit.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap util-linux \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service

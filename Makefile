@@ -9,6 +9,9 @@ DEMO_OUT ?= var/demo
 .PHONY: install demo test fuzz lint bench clean openapi
 
 $(STAMP): pyproject.toml constraints.txt
+	@# the sandbox for uploaded models (bubblewrap); the service refuses models without it
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) \
+	  || echo "warning: install bubblewrap (apt-get install bubblewrap): without it the service refuses uploads"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,biggan]'
