@@ -5,7 +5,8 @@
    forward + backward loop of the model. The budget is tiny and the labels are the model's own
    predictions, so no sample succeeds and every implementation runs every step (no early exit).
 2. The whole ``attacks`` suite on the non-robust demo model, with early exit (default) against
-   the fixed-step baseline (``early_exit=false``: every PGD step on every sample and budget).
+   the fixed-step baseline (``attack_params.pgd.early_exit=false`` and ``cascade=false``: every PGD step on
+   every sample and budget, every attack on every sample).
 
     python bench/attacks.py                        # CPU, demo digits CNN
     python bench/attacks.py --device cuda --model resnet18 --size 224 --batch 256
@@ -152,7 +153,11 @@ def suite_speedup(device: str, n: int, params: dict, repeats: int) -> dict[bool,
             for early in (True, False):
                 ctx = SuiteContext(classifier=clf, artifacts=ArtifactStore(Path(tmp) / str(early)))
                 run_suite("clean", get_suite("clean").validate_params({}), ctx, samples)
-                p = get_suite("attacks").validate_params({**params, "early_exit": early})
+                # the fixed-cost baseline: every PGD step on every sample, every attack on every sample
+                ap = params.get("attack_params", {})
+                pgd = {**ap.get("pgd", {}), "early_exit": early}
+                p = get_suite("attacks").validate_params({**params, "cascade": early,
+                                                          "attack_params": {**ap, "pgd": pgd}})
                 passes[True] = passes[False] = 0
                 t0 = clock(device)
                 entry = run_suite("attacks", p, ctx, samples)
@@ -196,13 +201,15 @@ def main() -> None:
 
     # Parts 2a-2d only: the regional, loss-comparison and transfer parts (2e-2g) run unbounded
     # iterative attacks of their own and are measured by bench/attacks_extras.py.
-    demo = {**get_suite("attacks").demo_params, "regional": False, "loss_comparison": False}
+    demo = {**get_suite("attacks").demo_params, "regional": False, "loss_comparison": False,
+            "attacks": ["fgsm", "pgd", "cw"]}
     configs = {"demo parameters (FGSM, PGD, CW, FMN, targeted)": demo,
                "PGD parts only (FGSM, PGD, targeted; no CW, no FMN)": {**demo, "attacks": ["fgsm", "pgd"],
                                                                         "minimal": "none"},
                "PGD parts, budgets where most samples fall (linf 0.1-0.3, l2 2-4, 20 steps)":
                    {**demo, "attacks": ["fgsm", "pgd"], "minimal": "none", "linf_eps": [0.1, 0.2, 0.3],
-                    "l2_eps": [2.0, 3.0, 4.0], "pgd_steps": 20, "targeted_steps": 20}}
+                    "l2_eps": [2.0, 3.0, 4.0], "attack_params": {**demo["attack_params"], "pgd": {"steps": 20}},
+                    "targeted_steps": 20}}
     print(f"\n2. whole attacks suite on the non-robust demo model, {args.suite_samples} digits samples "
           f"(best of {args.suite_repeats} alternating runs; passes = samples through the model):")
     for label, params in configs.items():

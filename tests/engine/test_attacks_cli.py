@@ -6,8 +6,10 @@ import pytest
 
 from worker.engine.cli import main
 
-PARAMS = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0], "pgd_steps": 5, "cw_steps": 5,
-          "cw_search_steps": 1, "minimal_steps": 20, "targeted_eps": 0.2, "targeted_steps": 5}
+PARAMS = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0],
+          "attack_params": {"pgd": {"steps": 5}, "cw": {"steps": 5, "binary_search_steps": 1}, "fmn": {"steps": 20},
+                            "square": {"n_queries": 100}},
+          "targeted_eps": 0.2, "targeted_steps": 5}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from worker.engine.suites.attacks.iterative_runs import perturbation_norms
 from worker.engine.suites.base import ArtifactStore, SuiteContext
 
 BASE = {"norms": ["linf", "l2"], "attacks": ["fgsm", "pgd"], "linf_eps": [0.05, 0.2], "l2_eps": [1.0],
-        "pgd_steps": 4, "minimal": "none", "targeted": False, "batch_size": 5}
+        "attack_params": {"pgd": {"steps": 4}}, "minimal": "none", "targeted": False, "batch_size": 5}
 EXTRAS = {"regional": True, "regional_fractions": [0.17, 0.45], "regional_steps": 8, "regional_step": 0.05,
           "loss_comparison": True, "loss_steps": 8, "loss_step": 0.03}
 

@@ -7,7 +7,8 @@ import pytest
 
 from worker.engine.cli import main
 
-PARAMS = {"norms": ["linf"], "attacks": ["fgsm", "pgd"], "linf_eps": [0.1, 0.2], "pgd_steps": 5,
+PARAMS = {"norms": ["linf"], "attacks": ["fgsm", "pgd"], "linf_eps": [0.1, 0.2],
+          "attack_params": {"pgd": {"steps": 5}},
           "minimal": "none", "targeted": False, "regional": True, "regional_shapes": ["square", "random"],
           "regional_fractions": [0.28], "regional_steps": 10, "regional_step": 0.03, "loss_comparison": True,
           "loss_steps": 10, "loss_step": 0.02}
