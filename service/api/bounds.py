@@ -205,6 +205,9 @@ class BoundedRequest(Request):
             _refuse_part_name(key)
             for file in files:
                 refuse_string(file.filename or "", f"the file name of part {key!r}")
+                if len(file.filename or "") > MAX_COMPONENT:
+                    raise ApiError(400, f"the file name of part {key!r} is longer than {MAX_COMPONENT} characters",
+                                   code="invalid_multipart", limit=MAX_COMPONENT)
 
 
 def _refuse_part_name(key: str | None) -> None:

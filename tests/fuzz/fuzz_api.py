@@ -41,7 +41,9 @@ class _Recorder:
 
 
 def _app(home: Path):  # type: ignore[no-untyped-def]
-    config = Config(home=home, database_url=f"sqlite:///{home / 'store.sqlite'}", broker_url="memory://",
+    # ROBUSTAUDIT_FUZZ_DATABASE_URL: fuzz against another store (PostgreSQL refuses what SQLite takes)
+    database_url = os.environ.get("ROBUSTAUDIT_FUZZ_DATABASE_URL") or f"sqlite:///{home / 'store.sqlite'}"
+    config = Config(home=home, database_url=database_url, broker_url="memory://",
                     storage_dir=home / "storage", data_roots=(home / "storage" / "data",),
                     token_hashes={hash_token(TOKEN): "fuzzer"}, max_upload_mb=2.0, device="cpu")
     store = Store(config.database_url)

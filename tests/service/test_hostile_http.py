@@ -417,3 +417,51 @@ def test_served_upload_over_the_limit_is_413_json(server):
     status = int(raw.split(b" ")[1])
     assert status == 413 and b'"code":"payload_too_large"' in raw.replace(b" ", b"")
     assert not list((server["home"] / "storage" / "models").glob("*"))
+
+
+# --- the same probes on PostgreSQL, which refuses NUL where SQLite stores it -------------------------
+
+
+@pytest.fixture()
+def pg_client(tmp_path):
+    psycopg = pytest.importorskip("psycopg")
+    admin = os.environ.get("ROBUSTAUDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"ra_hostile_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    from service.app import create_app
+    from service.config import Config, hash_token
+    from service.store import Store
+    from tests.service.conftest import TOKENS, RecordingDispatcher
+
+    url = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+    store = Store(url)
+    store.migrate()
+    config = Config(home=tmp_path, database_url=url, broker_url="memory://", storage_dir=tmp_path / "storage",
+                    data_roots=(tmp_path / "storage" / "data",), max_upload_mb=2.0, device="cpu",
+                    token_hashes={hash_token(t): tenant for tenant, t in TOKENS.items()})
+    dispatcher = RecordingDispatcher()
+    yield create_app(config, dispatcher=dispatcher, store=store).test_client(), dispatcher
+    store.dispose()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_nul_probes_on_postgresql_are_4xx(pg_client):
+    client, dispatcher = pg_client
+    probes = [client.get(path, headers=auth()) for path in (
+        "/v1/audits/a%00b", "/v1/audits/a%00b/report", "/v1/audits/x/artifacts/%00", "/v1/models/%00",
+        "/v1/schedules/%00", "/v1/audits?label=a%00", "/v1/audits?model=%00", "/v1/audits?status=%00")]
+    for text in ('{"model": "a\\u0000", "dataset": "builtin:digits"}',
+                 '{"model": "m", "dataset": "builtin:digits", "label": "\\u0000"}',
+                 '{"model": "m", "dataset": "builtin:digits", "label": "\\ud800"}'):
+        probes += [_post_raw(client, text), _post_raw(client, text[:-1] + ', "cron": "* * * * *"}', "/v1/schedules")]
+    probes.append(post_audit(client, {"model": "m", "dataset": "builtin:digits"}, headers={"Idempotency-Key": "\x00"}))
+    for resp in probes:
+        assert 400 <= resp.status_code < 500 and set(resp.get_json()) == {"status", "code", "message", "details"}, (
+            resp.request.path, resp.status_code, resp.get_data(as_text=True)[:200])
+    assert dispatcher.sent == []
+    assert client.get("/v1/audits", headers=auth()).json["total"] == 0
