@@ -57,7 +57,8 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
         label = fields.String(allow_none=True, validate=validate.Length(max=MAX_LABEL), load_default=None)
 
     class ScheduleRequest(AuditRequest):
-        cron = fields.String(required=True, validate=validate.Length(min=1, max=100), metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
+        cron = fields.String(required=True, validate=validate.Length(min=1, max=100),
+                             metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
 
     return AuditRequest, ScheduleRequest
 
