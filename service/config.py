@@ -92,6 +92,8 @@ class Config:
             reserves far more address space than it uses: on GPU workers set 0 and let the
             container limit memory) (``ROBUSTAUDIT_SANDBOX_MEMORY_MB``).
         upload_check_s: wall-clock limit of the sandboxed load-and-probe check of an upload.
+        upload_check_memory_mb: resident memory the upload check may use (its process tree is
+            killed above it; 0: not watched) (``ROBUSTAUDIT_UPLOAD_CHECK_MEMORY_MB``).
     """
 
     home: Path = Path("var")
@@ -114,6 +116,7 @@ class Config:
     sandbox: str = "bwrap"
     sandbox_memory_mb: int = 8192
     upload_check_s: float = 120.0
+    upload_check_memory_mb: int = 1900
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -142,6 +145,7 @@ class Config:
             sandbox=_choice(env, "SANDBOX", ("bwrap", "off"), "bwrap"),
             sandbox_memory_mb=int(_number(env, "SANDBOX_MEMORY_MB", 8192, allow_zero=True)),
             upload_check_s=_number(env, "UPLOAD_CHECK_S", 120.0),
+            upload_check_memory_mb=int(_number(env, "UPLOAD_CHECK_MEMORY_MB", 1900, allow_zero=True)),
         )
         return replace(cfg, **overrides)
 
@@ -168,6 +172,7 @@ class Config:
             "SHARD_SIZE": str(self.shard_size),
             "PLUGINS": ",".join(self.plugins), "SANDBOX": self.sandbox,
             "SANDBOX_MEMORY_MB": str(self.sandbox_memory_mb), "UPLOAD_CHECK_S": repr(self.upload_check_s),
+            "UPLOAD_CHECK_MEMORY_MB": str(self.upload_check_memory_mb),
         }
         return {PREFIX + k: v for k, v in env.items()}
 

@@ -43,14 +43,14 @@ class SandboxRefused(Exception):
         self.code, self.message = code, message
 
 
-def make_sandbox(config: Config, *, wall_s: float, gpu: bool = False) -> Sandbox:
+def make_sandbox(config: Config, *, wall_s: float, gpu: bool = False, rss_mb: int | None = None) -> Sandbox:
     """The configured sandbox; the service's home and storage are hidden inside it.
 
     On a GPU the address-space limit is left off: CUDA reserves far more address space than
     it uses, so there the container's memory limit is what bounds the process.
     """
     memory = None if gpu or not config.sandbox_memory_mb else config.sandbox_memory_mb
-    limits = SandboxLimits(memory_mb=memory, wall_s=wall_s,
+    limits = SandboxLimits(memory_mb=memory, wall_s=wall_s, rss_mb=rss_mb,
                            cpu_s=int(max(60.0, wall_s) * 4))
     return Sandbox(SandboxMode(config.sandbox), limits, hide=(config.home, config.storage_dir))
 
@@ -98,4 +98,5 @@ def check_upload(config: Config, path: Path, card: dict[str, Any], *, kind: Mode
     name = file_name(filename, "checkpoint" + (path.suffix if _SUFFIX.match(path.suffix) else ""))
     op = "check_generator" if kind is ModelKind.GENERATOR else "check_model"
     job = SandboxJob(op, {"checkpoint": name, "card": card}, inputs={name: path})
-    return run_job(make_sandbox(config, wall_s=config.upload_check_s), job)
+    sandbox = make_sandbox(config, wall_s=config.upload_check_s, rss_mb=config.upload_check_memory_mb or None)
+    return run_job(sandbox, job)

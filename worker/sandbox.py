@@ -84,6 +84,9 @@ class SandboxLimits:
         wall_s: wall-clock seconds before the parent kills it.
         file_mb: largest file it may write.
         open_files: file descriptors.
+        rss_mb: resident memory of the child and its descendants, watched by the parent, which
+            kills them above it (None: not watched). Unlike the address space it counts only
+            memory really used, so it can be far tighter.
     """
 
     memory_mb: int | None = 8192
@@ -91,6 +94,7 @@ class SandboxLimits:
     wall_s: float = 6 * 3600.0
     file_mb: int = 4096
     open_files: int = 1024
+    rss_mb: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "file_mb": self.file_mb,
@@ -313,7 +317,10 @@ class Sandbox:
                 if should_stop is not None and should_stop():
                     final = {"cancelled": True}
                     break
-                ready, _, _ = select.select([read_fd], [], [], 0.5)
+                if self.limits.rss_mb is not None and tree_rss_mb(proc.pid) > self.limits.rss_mb:
+                    raise SandboxFailed(f"the model used more than {self.limits.rss_mb} MB of memory, the "
+                                        "sandbox's limit", code="sandbox_limit")
+                ready, _, _ = select.select([read_fd], [], [], 0.2)
                 if not ready:
                     continue
                 chunk = os.read(read_fd, 1 << 20)
@@ -344,6 +351,28 @@ class Sandbox:
             return SandboxResult(result, error, proc.returncode)
         log.warning("sandboxed process failed (status %s); its stderr ends: %s", proc.returncode, stderr[-1000:])
         raise SandboxFailed(_death_message(proc.returncode, stderr, self.limits))
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB (0 for processes that are gone)."""
+    total_kb, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total_kb / 1024
 
 
 def _parse(line: bytes) -> dict[str, Any]:
