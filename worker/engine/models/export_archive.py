@@ -265,12 +265,12 @@ def _check_expr(name: str, expr: Any) -> None:
         if token is None or token.end() == pos:
             if expr[pos:].strip() == "":
                 return
-            raise ModelLoadError(f"{name}: symbolic expression {expr[:120]!r} is outside the grammar torch writes "
-                                 "(it would be evaluated by sympy); refused")
+            raise ModelLoadError(f"{name}: a symbolic expression of the program is outside the grammar torch "
+                                 f"writes (at character {pos}; sympy would evaluate it as Python); refused")
         ident = token.group("name")
         if ident is not None and ident not in _SYMPY_NAMES and not _SYMBOL_NAME.match(ident):
-            raise ModelLoadError(f"{name}: symbolic expression {expr[:120]!r} names {ident!r}, which is not a "
-                                 "size symbol or a sympy function; refused")
+            raise ModelLoadError(f"{name}: a symbolic expression of the program names {ident[:40]!r}, which is "
+                                 "not a size symbol or a sympy function (sympy would evaluate it as Python); refused")
         pos = token.end()
 
 
@@ -278,7 +278,12 @@ def _check_guard(name: str, guard: Any) -> None:
     """A guard: one expression of comparisons and arithmetic on input sizes (it is exec'd as code)."""
     if not isinstance(guard, str) or len(guard) > MAX_GUARD_CHARS:
         raise ModelLoadError(f"{name}: a guard is not a string of at most {MAX_GUARD_CHARS} characters")
-    bad = f"{name}: guard {guard[:120]!r} is not a plain comparison of input sizes (torch would exec it); refused"
+    # The text itself is not quoted: it is the attacker's, and could forge log lines.
+    bad = (f"{name}: a guard of the program ({len(guard)} characters) is not a plain comparison of input "
+           "sizes (torch would exec it as Python); refused")
+    # torch pastes the text into generated source: a comment or a line break could end its line there.
+    if any(c in guard for c in "#;\\\n\r\x0b\x0c"):
+        raise ModelLoadError(bad)
     try:
         tree = ast.parse(guard, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):

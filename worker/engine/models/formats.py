@@ -174,6 +174,8 @@ def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Pa
     """A loader for weights of the torchvision architecture named in the card."""
 
     def load(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+        if zipfile.is_zipfile(path):  # bounded before anything is built or decompressed
+            check_zip_archive(path, name=path.name)
         model = build_arch(card)
         try:
             raw = read(path)
