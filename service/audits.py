@@ -132,6 +132,9 @@ def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots,
     registered models (``lookup``: the tenant's models by id). No model is loaded: that
     happens in the sandbox, when the audit runs.
     """
+    if model.kind != ModelKind.CLASSIFIER.value:
+        raise SpecError(f"model {model.id} is a {model.kind}, not a classifier: it cannot be audited",
+                        errors={"model": "not a classifier"})
     raw = {k: body[k] for k in REQUEST_KEYS if k in body}
     models = check_model_refs(raw.get("suites"), lookup)
     if "suites" in raw:

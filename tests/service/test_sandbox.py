@@ -234,6 +234,9 @@ def test_a_registered_generator_is_referenced_by_id(client, store, model_id, dis
         path = s.get(Model, gen_id).path
     assert stored["generator_id"] == gen_id and stored["generator"] is None and stored["card"] is None
     assert path not in json.dumps(stored)
+    # a generator is not a model to audit
+    err = assert_error_body(post_audit(client, audit_body(gen_id)), 422, "invalid_spec")
+    assert "not a classifier" in err["message"]
 
 
 def test_reports_and_errors_name_ids_not_server_paths(client, config, model_id, store):
