@@ -250,6 +250,35 @@ def test_remove_partials(tmp_path):
     assert Storage(tmp_path / "none").remove_partials() == 0
 
 
+def test_serve_removes_partials_before_starting_its_children(tmp_path, monkeypatch):
+    import argparse
+
+    from service import processes
+
+    stale = tmp_path / "storage" / "tmp" / "x.part"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    seen: list[bool] = []
+
+    class _Exited:  # a child that has already exited, so serve stops at once
+        def __init__(self, cmd, env):  # type: ignore[no-untyped-def]
+            seen.append(stale.exists())
+
+        def poll(self) -> int:
+            return 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setenv("ROBUSTAUDIT_HOME", str(tmp_path))
+    for var in ("ROBUSTAUDIT_STORAGE_DIR", "ROBUSTAUDIT_DATABASE_URL", "ROBUSTAUDIT_DATA_ROOTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(processes.subprocess, "Popen", _Exited)
+    monkeypatch.setattr(processes.signal, "signal", lambda *_: None)
+    code = processes.cmd_serve(argparse.Namespace(bind="127.0.0.1:1", api_workers=1, dev=False))
+    assert code == 1 and seen == [False, False, False]  # gone before the first child started
+
+
 # --- a real gunicorn (robustaudit api) and raw sockets ----------------------------------------------
 
 
