@@ -169,7 +169,7 @@ def test_logits_batching_equals_single_pass(tmp_path: Path, tiny: TinyCNN) -> No
     torch.testing.assert_close(classifier.logits(x), single)
 
 
-# -- our safetensors reader ---------------------------------------------------------------------
+# -- safetensors, read by the safetensors library ------------------------------------------------
 
 def test_safetensors_reader_matches_the_package(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
