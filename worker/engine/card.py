@@ -227,7 +227,8 @@ def _floats(value: Any, name: str, channels: int) -> tuple[float, ...]:
     if (not isinstance(value, list) or len(value) != channels
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                        for v in value)):
-        raise ModelCardError(f"model card '{name}' must be a list of {channels} finite numbers, got {short_repr(value)}")
+        raise ModelCardError(f"model card '{name}' must be a list of {channels} finite numbers, "
+                             f"got {short_repr(value)}")
     return tuple(float(v) for v in value)
 
 

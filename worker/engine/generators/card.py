@@ -7,8 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..card import (MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_NAME_CHARS, MAX_NUM_CLASSES, is_bounded_name,
-                    short_repr)
+from ..card import MAX_INPUT_ELEMENTS, MAX_INPUT_SIDE, MAX_NAME_CHARS, MAX_NUM_CLASSES, is_bounded_name, short_repr
 from ..errors import AuditInputError
 from ..jsonfile import read_json
 

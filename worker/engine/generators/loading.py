@@ -1,8 +1,8 @@
 """``load_generator``: weights + generator card -> a ready generator on a device.
 
 Same safety rules as models: safetensors through the safetensors library, or a state dict read
-with ``weights_only=True`` (a zip-format one bounded first); nothing in the file runs code. Keys and shapes must match the
-registered architecture exactly.
+with ``weights_only=True`` (a zip-format one bounded first); nothing in the file runs code.
+Keys and shapes must match the registered architecture exactly.
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def _load_exact(model: nn.Module, weights: dict[str, torch.Tensor], card: Genera
     wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
              if k in weights and weights[k].shape != v.shape]
     if missing or unexpected or wrong:
-        raise GeneratorError(f"{path.name} does not fit generator arch {card.arch!r} with this card: missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]}, shape mismatches {wrong[:4]}; check the card's "
-                             "arch, latent_dim, num_classes and options")
+        raise GeneratorError(f"{path.name} does not fit generator arch {card.arch!r} with this card: "
+                             f"missing {missing[:4]}, unexpected {unexpected[:4]}, shape mismatches {wrong[:4]}; "
+                             "check the card's arch, latent_dim, num_classes and options")
     model.load_state_dict(weights)
 
 
