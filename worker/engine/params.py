@@ -166,8 +166,9 @@ class ParamSchema:
                 continue
             try:
                 out[p.name] = p.validate(raw[p.name])
-            except SpecError as exc:
-                errors.update(exc.details.get("errors", {prefix + p.name: exc.message}))
+            except SpecError as exc:  # a nested object's errors: keyed under this schema's prefix too
+                nested = exc.details.get("errors", {p.name: exc.message})
+                errors.update({prefix + k: v for k, v in nested.items()})
             except ValueError as exc:
                 errors[prefix + p.name] = str(exc)
         if errors:
