@@ -25,6 +25,7 @@ from tests.engine.hostile_models import (
     pt2_with_opaque_constant,
     pt2_with_pickled_sample_inputs,
     pt2_with_pickled_weight,
+    rewrite_zip,
     root_of,
 )
 from tests.engine.model_factories import TinyCNN, card_dict, save_export, save_torchscript
@@ -337,6 +338,20 @@ def test_zip_bomb_check_without_torch_stays_small(bombs: dict[str, tuple[Path, d
     assert got["refused"] == 3 and got["peak_kb"] < 600 * 1024, got
 
 
+def test_zip_bomb_nested_in_the_sample_inputs_is_refused(tmp_path: Path, zeros: DeflatedZeros) -> None:
+    """The sample inputs are a torch.save zip stored inside the .pt2: the outer ratio is 1:1."""
+    root = root_of(DEMO_PT2)
+    member = f"{root}/data/sample_inputs/model.pt"
+    with zipfile.ZipFile(DEMO_PT2) as z:
+        inner = tmp_path / "inputs.pt"
+        inner.write_bytes(z.read(member))
+    bomb = bomb_zip(inner, tmp_path / "inputs-bomb.pt", f"{root_of(inner)}/data/0", zeros)
+    path = rewrite_zip(DEMO_PT2, tmp_path / "nested.pt2",
+                       lambda name, data: bomb.read_bytes() if name == member else data)
+    with pytest.raises(ModelLoadError, match=r"sample_inputs/model\.pt.*zip bomb"):
+        load_classifier(path, DEMO_PT2_CARD)
+
+
 def test_zip_total_size_bound_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "big.pt"
     torch.save({"w": torch.zeros(600_000)}, path)  # 2.4 MB, stored
@@ -386,6 +401,13 @@ def test_json_depth_ignores_brackets_in_strings() -> None:
     assert loads_bounded('{"a": "[[[[[[[[[["}', max_depth=1) == {"a": "[[[[[[[[[["}
     with pytest.raises(JSONBoundsError, match="bytes"):
         loads_bounded("[" + "1," * 100 + "1]", max_bytes=100)
+
+
+def test_card_with_a_huge_integer_is_a_card_error(tmp_path: Path) -> None:
+    path = tmp_path / "digits.card.json"
+    path.write_text('{"format": "torchscript", "num_classes": ' + "9" * 5000 + "}")
+    with pytest.raises(ModelCardError, match="not readable JSON"):
+        ModelCard.from_file(path)
 
 
 def test_oversized_card_file_is_refused(tmp_path: Path) -> None:

@@ -78,5 +78,6 @@ def read_json(path: str | Path, *, what: str, error: type[AuditInputError],
         raise error(f"{what} not found: {p.name}") from None
     except JSONBoundsError as exc:
         raise error(f"{what} {p.name} {exc}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{what} {p.name} is not readable JSON: {exc}") from None
+    # ValueError besides JSONDecodeError: json.loads refuses integers of more than 4,300 digits with it.
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{what} {p.name} is not readable JSON: {str(exc)[:200]}") from None

@@ -161,8 +161,12 @@ def _check_sample_inputs(f: IO[bytes], name: str, members: list[str]) -> None:
     a member that fails here would take the unsafe path, so it is refused."""
     with zipfile.ZipFile(f) as archive:
         for member in members:
+            raw = io.BytesIO(archive.read(member))  # bounded by the archive check
+            if zipfile.is_zipfile(raw):  # a torch.save zip inside the archive: bounded in its turn
+                check_zip_archive(raw, name=f"{name} ({member.split('/', 1)[-1]})")
+            raw.seek(0)
             try:
-                torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+                torch.load(raw, map_location="cpu", weights_only=True)
             # Any failure at all would send torch down its weights_only=False fallback.
             except Exception as exc:  # noqa: BLE001
                 raise ModelLoadError(f"{name}: sample inputs {member.split('/', 1)[-1]!r} are not plain tensors "
