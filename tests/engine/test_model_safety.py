@@ -34,6 +34,7 @@ from worker.engine.errors import ModelCardError, ModelLoadError
 from worker.engine.jsonfile import JSONBoundsError, json_depth, loads_bounded, read_json
 from worker.engine.models import load_classifier
 from worker.engine.models.archive import ENV_MAX_EXPANDED_MB, ZipLimits, check_zip_archive
+from worker.engine.models.export_archive import check_export_archive
 from worker.engine.models.operators import refusal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +127,27 @@ def test_dynamic_export_with_range_constraints_loads(tmp_path: Path) -> None:
     path = save_export(TinyCNN(), tmp_path / "dyn.pt2", dynamic_batch=True, max_batch=8)
     classifier = load_classifier(path, card_dict("export"))
     assert classifier.batch.size <= 8
+
+
+class EvenBatch(torch.nn.Module):
+    """Exports with guards, symbolic sizes and _operator.floordiv in the graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        torch._check(n % 2 == 0)
+        return x.reshape(n // 2, -1)[:, :10].repeat(2, 1)
+
+
+def test_export_with_guards_and_symbolic_sizes_passes_the_archive_check(tmp_path: Path) -> None:
+    program = torch.export.export(EvenBatch(), (torch.rand(4, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    path = tmp_path / "even.pt2"
+    torch.export.save(program, path)
+    with zipfile.ZipFile(path) as z:
+        saved = json.loads(z.read(f"{root_of(path)}/models/model.json"))
+    assert saved["guards_code"] and any("FloorDiv" in json.dumps(v) for v in saved.values())
+    with path.open("rb") as f:
+        assert check_export_archive(f, name=path.name).models == ["model"]
 
 
 # -- operator allow-list ---------------------------------------------------------------------------
