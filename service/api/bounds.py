@@ -29,6 +29,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from worker.engine.jsonfile import json_depth
+
 from .errors import ApiError
 
 MAX_PATH = 4096
@@ -42,8 +44,6 @@ MAX_IDEMPOTENCY_KEY = 200
 INT64_MAX = 2**63 - 1
 
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
-# Strings (with their escapes) or a bracket: the only tokens that matter for nesting depth.
-_DEPTH_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 def bad_char(value: str) -> str | None:
@@ -60,20 +60,6 @@ def refuse_string(value: str, where: str, *, status: int = 400) -> None:
     if reason is not None:
         raise ApiError(status, f"{where} contains {reason}, which is not allowed in any string",
                        code="invalid_string", field=where)
-
-
-def json_depth(raw: bytes) -> int:
-    """The deepest nesting of arrays and objects in ``raw``, without parsing (and so without
-    recursion): brackets inside strings do not count."""
-    depth = deepest = 0
-    for token in _DEPTH_TOKEN.finditer(raw):
-        t = token.group()
-        if t in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif t in (b"]", b"}"):
-            depth -= 1
-    return deepest
 
 
 def _number(text: str) -> int | float:
@@ -118,15 +104,16 @@ def parse_json_body(raw: bytes | str, what: str) -> dict[str, Any]:
     if len(data) > MAX_JSON_BYTES:
         raise ApiError(413, f"{what} is larger than {MAX_JSON_BYTES} bytes", code="payload_too_large",
                        limit_bytes=MAX_JSON_BYTES)
-    depth = json_depth(data)
-    if depth > MAX_JSON_DEPTH:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"{what} is not UTF-8: {exc.reason} at byte {exc.start}", code="invalid_json") from None
+    # measured without recursion (json.loads recurses once per level: RecursionError, a 500)
+    if json_depth(text) > MAX_JSON_DEPTH:
         raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json",
                        max_depth=MAX_JSON_DEPTH)
     try:
-        text = data.decode("utf-8")
         body = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_no_constant)
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"{what} is not UTF-8: {exc.reason} at byte {exc.start}", code="invalid_json") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"{what} is not valid JSON: {exc}", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:  # our number limits; RecursionError only past the depth check
