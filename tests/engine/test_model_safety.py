@@ -243,6 +243,32 @@ def test_torchscript_print_is_refused_in_any_method_of_any_submodule(tmp_path: P
         load_classifier(path, card_dict("torchscript"))
 
 
+@torch.jit.interface
+class ForwardInterface(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pass
+
+
+class CallsThroughAnInterface(torch.nn.Module):
+    """Which module answers an interface call is known only at run time: the check cannot follow it."""
+
+    # The real class, not the string `from __future__ import annotations` would leave to TorchScript.
+    __annotations__ = {"head": ForwardInterface}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = TinyCNN()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.forward(x)
+
+
+def test_interface_calls_are_refused(tmp_path: Path) -> None:
+    path = save_torchscript(CallsThroughAnInterface(), tmp_path / "iface.pt")
+    with pytest.raises(ModelLoadError, match="prim::CallMethod.*interface"):
+        load_classifier(path, card_dict("torchscript"))
+
+
 @torch.library.custom_op("robtest::twice", mutates_args=())
 def _twice(x: torch.Tensor) -> torch.Tensor:
     return x * 2

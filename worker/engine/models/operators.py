@@ -43,6 +43,9 @@ DENIED: dict[str, str] = {
     "prim::rpc_remote": "remote procedure call: network access",
     "prim::PythonOp": "calls a Python function (what TorchScript cannot compile)",
     "prim::CallFunction": "calls a function value the inliner could not resolve, so its graph cannot be checked",
+    # Calls of known methods are inlined before the check; what is left goes through an interface,
+    # whose implementation (a module or a TorchScript class) is only known at run time.
+    "prim::CallMethod": "calls a method through an interface, whose code cannot be checked before it runs",
     "aten::manual_seed": "reseeds the global generator the audit's seeded sampling and attacks depend on",
     "aten::seed": "reseeds the global generator the audit's seeded sampling and attacks depend on",
     "aten::set_num_threads": "changes the worker's thread pool for every later audit",
@@ -105,7 +108,7 @@ def check_torchscript(module: Any, *, label: str) -> None:
         for method_name in c_module._method_names():
             method = c_module._get_method(method_name)
             where = f"{prefix or type(sub).__name__}.{method_name}" if prefix else method_name
-            for kind in _graph_kinds(_inlined(method).nodes()):
+            for kind in _graph_kinds(_inlined(method, label, where).nodes()):
                 reason = refusal(kind)
                 if reason is not None:
                     raise _refuse(label, where, kind, reason)
@@ -121,12 +124,13 @@ def _script_modules(module: Any) -> Iterator[tuple[str, Any]]:
             yield name, sub
 
 
-def _inlined(method: Any) -> Any:
+def _inlined(method: Any, label: str, where: str) -> Any:
     """The method's graph with every call it can resolve inlined (what a forward actually runs)."""
     try:
         return method.inlined_graph
     except RuntimeError:
-        return method.graph
+        raise ModelLoadError(f"{label}: TorchScript method {where} cannot be inlined, so its operators cannot "
+                             "be checked; refused") from None
 
 
 def _graph_kinds(nodes: Iterable[Any]) -> Iterator[str]:
