@@ -72,7 +72,8 @@ class ExportedModule(nn.Module):
 
 # TorchScript runs a class's __setstate__ while it unpickles the archive, before any check could
 # look at the graph; no model we accept needs one.
-_SETSTATE = re.compile(rb"\bdef\s+__setstate__\b")
+# Any mention of the name is refused, not only "def __setstate__": line continuations could split the def.
+_SETSTATE = re.compile(rb"__setstate__")
 _MAX_CODE_MEMBER = 64 * 1024 * 1024
 
 
@@ -115,7 +116,7 @@ def _refuse_load_time_code(path: Path, members: list[zipfile.ZipInfo]) -> None:
                 raise ModelLoadError(f"{path.name}: TorchScript code member {info.filename!r} is "
                                      f"{info.file_size} bytes, above {_MAX_CODE_MEMBER}")
             if _SETSTATE.search(archive.read(info)):
-                raise ModelLoadError(f"{path.name}: TorchScript code {info.filename!r} defines __setstate__, "
+                raise ModelLoadError(f"{path.name}: TorchScript code {info.filename!r} has a __setstate__, "
                                      "which would run while the archive is loaded; refused",
                                      member=info.filename, operator="__setstate__")
 
