@@ -13,8 +13,6 @@ import struct
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ..errors import ModelLoadError
 
@@ -46,6 +44,13 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """
     p = Path(path)
     _check_header_length(p)
+    try:
+        # Imported here: the engine also runs on a box with torch alone, for the other formats.
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ModelLoadError(f"{p.name} is a safetensors file, and reading one needs the 'safetensors' package, "
+                             "which is not installed here (pip install safetensors)") from None
     try:
         tensors = load_file(str(p), device="cpu")
     except SafetensorError as exc:
