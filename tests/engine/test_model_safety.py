@@ -494,6 +494,26 @@ def test_card_bounds(overrides: dict, match: str) -> None:
         ModelCard.from_dict(card_dict("torchscript", **overrides))
 
 
+GENERATOR_CARD = json.loads((DEMO / "digits_generator.card.json").read_text())
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"num_classes": 10**12}, "num_classes must be an integer of at most 100000"),
+    ({"class_names": ["x"] * (MAX_NUM_CLASSES + 1)}, "at most 100000 strings"),
+    ({"output_size": [3, 100_000, 100_000]}, "above the limits"),
+    ({"output_size": [3, 4096, 4096]}, "above the limits"),
+    ({"latent_dim": 10**9}, "latent_dim must be an integer from 1 to"),
+    ({"layers": ["fc\0"]}, "layers must be"),
+    ({"name": "\ud800"}, "name must be"),
+])
+def test_generator_card_bounds(overrides: dict, match: str) -> None:
+    from worker.engine.generators import GeneratorCard, GeneratorError
+
+    assert GeneratorCard.from_dict(GENERATOR_CARD).num_classes == 10
+    with pytest.raises(GeneratorError, match=match):
+        GeneratorCard.from_dict({**GENERATOR_CARD, **overrides})
+
+
 def test_batch_memory_is_estimated_before_allocating(tmp_path: Path) -> None:
     assert batch_bytes((3, 224, 224), 8) == 8 * 3 * 224 * 224 * 4
     with pytest.raises(ModelCardError, match="needs 4 MiB"):
