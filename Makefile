@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/fragile.py
 	$(PY) bench/attacks.py
 	$(PY) bench/attacks_extras.py
+	$(PY) bench/autoattack.py
 	$(PY) bench/corruptions.py
 
 lint: install
