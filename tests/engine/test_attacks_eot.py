@@ -68,7 +68,8 @@ def labelled(n):
     """Random images labelled by the deterministic tiny net (through its classifier's normalisation)."""
     samples = random_samples(n, seed=0)
     with torch.no_grad():
-        samples.labels = Classifier(TinyNet(1, 10), tiny_card(), sha256="0" * 64)(samples.prepared(tiny_card())).argmax(1)
+        clf = Classifier(TinyNet(1, 10), tiny_card(), sha256="0" * 64)
+        samples.labels = clf(samples.prepared(tiny_card())).argmax(1)
     return samples
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...attacks import ATTACKS, Norm, Objective
+from ...attacks import ATTACKS, Attack, Norm, Objective
 from ...attacks.masks import MaskShape
 from ...errors import SpecError
 from ...params import Param, ParamKind, ParamSchema
@@ -51,7 +51,7 @@ ATTACK_SETS: dict[str, AttackSet] = {
 DEFAULT_ATTACKS = ["pgd", "fgsm", "cw", "square"]
 
 
-def _attack_help(cls: type) -> str:
+def _attack_help(cls: type[Attack]) -> str:
     doc = (cls.__doc__ or "").strip().splitlines()
     return f"parameters of {cls.name!r}" + (f": {doc[0].strip()}" if doc else "")
 
@@ -98,8 +98,8 @@ SCHEMA = ParamSchema((
     Param("attack_params", ParamKind.OBJECT, None, "parameters per attack, from each attack's own schema",
           schema=ATTACK_PARAMS),
     Param("eot", ParamKind.OBJECT, None, "expectation over transformation for randomised models", schema=EOT),
-    Param("minimal", ParamKind.CHOICE, "fmn", "minimal-perturbation method: fast minimum-norm attack (its parameters under "
-          "attack_params.fmn), or none",
+    Param("minimal", ParamKind.CHOICE, "fmn", "minimal-perturbation method: fast minimum-norm attack (its "
+          "parameters under attack_params.fmn), or none",
           choices=("fmn", "none")),
     Param("targeted", ParamKind.BOOL, True, "run the targeted all-pairs (modify / mimic) study"),
     Param("targeted_norm", ParamKind.CHOICE, "linf", "norm of the targeted attack",

@@ -15,7 +15,7 @@ from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric
 from .common import Record, in_batches, median, seeds_for, share
-from .params import attacks_for, budgets, eps_key, gradient_free
+from .params import attacks_for, budgets, eps_key
 
 UNIT = {"linf": Unit.LINF, "l2": Unit.L2}
 
@@ -102,8 +102,8 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
             geps = [eps[c] for c in cols]
 
             def chunk(start: int, stop: int, attack: Attack = attack, geps: list[float] = geps, name: str = name,
-                      norm: str = norm, gx: torch.Tensor = gx, gy: torch.Tensor = gy, gids: list[str] = gids
-                      ) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
+                      norm: str = norm, gx: torch.Tensor = gx, gy: torch.Tensor = gy, gids: list[str] = gids,
+                      spent: dict[str, Any] = spent) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
                 res = attack(model, gx[start:stop], gy[start:stop], geps,
                              rng=seeds_for(seed, gids[start:stop], f"{norm}:{name}"))
                 success, preds = res.success, res.predictions
@@ -188,7 +188,8 @@ def robustness_metrics(records: list[Record], params: dict[str, Any], class_name
             # cascade: robust after the attacks up to this one (the later ones saw only survivors);
             # otherwise: robust against this attack alone
             upto = names[:i + 1] if params["cascade"] else [a]
-            what = (f"robust accuracy after {upto} in turn" if params["cascade"] else f"robust accuracy against {a} alone")
+            what = (f"robust accuracy after {upto} in turn" if params["cascade"]
+                    else f"robust accuracy against {a} alone")
             per_attack[norm][a] = {}
             for b, e in enumerate(eps):
                 hits = [r["attacks"][norm]["success"] is not None

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...attacks import ATTACKS
 from ...classifier import Classifier
+from ...metrics import path_matches
 from ..base import Warning_
 from .common import Record
-from ...attacks import ATTACKS
-from ...metrics import path_matches
 from .params import attacks_for, budgets, eps_key, gradient_free
 
 
