@@ -299,8 +299,9 @@ def test_custom_operator_namespace_is_refused_in_export(tmp_path: Path) -> None:
 
 def test_operator_list() -> None:
     assert refusal("aten::conv2d") is None and refusal("prim::If") is None
-    for name in ("aten::from_file", "aten::save", "prim::Print", "aten::warn", "prim::fork", "aten::wait"):
+    for name in ("aten::from_file", "aten::save", "prim::Print", "prim::fork", "aten::wait"):
         assert name in (refusal(name) or ""), name
+    assert refusal("aten::warn") is None  # scripted torchvision ViTs warn; in the sandbox it reaches only its stderr
     assert "namespaces" in (refusal("c10d::send") or "")
 
 
