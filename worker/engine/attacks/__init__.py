@@ -13,15 +13,17 @@ from ..errors import SpecError
 from .apgd import APGD, APGDDLR, APGDT
 from .base import Attack, AttackResult, CostMeter, RunOutput
 from .cw import CarliniWagnerL2
+from .fab import FABT
 from .fgsm import FGSM
 from .fmn import FMN
 from .iterative import IterativeLoss, Objective
 from .losses import Loss, is_success, logit_margin
 from .norms import Norm
 from .pgd import PGD
+from .square import Square
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    FGSM, PGD, CarliniWagnerL2, FMN, IterativeLoss, APGD, APGDDLR, APGDT)}
+    FGSM, PGD, CarliniWagnerL2, FMN, IterativeLoss, APGD, APGDDLR, APGDT, FABT, Square)}
 
 
 def make_attack(name: str, *, norm: Norm | str | None = None, **params: Any) -> Attack:
@@ -36,5 +38,5 @@ def make_attack(name: str, *, norm: Norm | str | None = None, **params: Any) -> 
     return cls(**checked) if norm is None else cls(norm=norm, **checked)
 
 
-__all__ = ["APGD", "APGDDLR", "APGDT", "ATTACKS", "CostMeter", "FGSM", "FMN", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "IterativeLoss", "Loss",
-           "Norm", "Objective", "RunOutput", "is_success", "logit_margin", "make_attack"]
+__all__ = ["APGD", "APGDDLR", "APGDT", "ATTACKS", "CostMeter", "FABT", "FGSM", "FMN", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "IterativeLoss", "Loss",
+           "Norm", "Objective", "RunOutput", "Square", "is_success", "logit_margin", "make_attack"]
