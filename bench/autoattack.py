@@ -147,10 +147,14 @@ def main() -> None:
         runs["torchattacks AutoAttack"] = lambda: torchattacks_aa(clf, x, y, args.eps)
     if "art" not in args.skip:
         runs["ART AutoAttack"] = lambda: art_aa(clf, x, y, args.eps, args.batch)
+    print(f"AutoAttack standard evaluation: {args.model}, {args.samples} builtin:digits samples, L-inf eps "
+          f"{args.eps:g}, {args.device} ({torch.get_num_threads()} threads); clean accuracy {clean:.3f}")
+    print(f"{'implementation':<26}{'seconds':>10}{'robust acc':>12}", flush=True)
     rows = {}
     for name, fn in runs.items():
         seconds, robust, info = timed(fn, args.device)
         rows[name] = {"seconds": round(seconds, 2), "robust_accuracy": robust, **info}
+        print(f"{name:<26}{seconds:>10.1f}{robust:>12.3f}", flush=True)
     mine = rows["robustaudit autoattack"]
     peers = {k: v for k, v in rows.items() if k != "robustaudit autoattack"}
     summary: dict[str, object] = {}
@@ -163,11 +167,6 @@ def main() -> None:
     result = {"model": args.model, "device": args.device, "samples": args.samples, "eps": args.eps,
               "norm": "linf", "clean_accuracy": clean, "threads": torch.get_num_threads(), "runs": rows,
               "summary": summary}
-    print(f"AutoAttack standard evaluation: {args.model}, {args.samples} builtin:digits samples, L-inf eps "
-          f"{args.eps:g}, {args.device} ({torch.get_num_threads()} threads); clean accuracy {clean:.3f}")
-    print(f"{'implementation':<26}{'seconds':>10}{'robust acc':>12}")
-    for name, r in rows.items():
-        print(f"{name:<26}{r['seconds']:>10.1f}{r['robust_accuracy']:>12.3f}")
     for k, v in summary.items():
         print(f"{k}: {v}")
     out = Path(args.out)
