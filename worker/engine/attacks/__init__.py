@@ -38,5 +38,6 @@ def make_attack(name: str, *, norm: Norm | str | None = None, **params: Any) -> 
     return cls(**checked) if norm is None else cls(norm=norm, **checked)
 
 
-__all__ = ["APGD", "APGDDLR", "APGDT", "ATTACKS", "CostMeter", "FABT", "FGSM", "FMN", "PGD", "Attack", "AttackResult", "CarliniWagnerL2", "IterativeLoss", "Loss",
-           "Norm", "Objective", "RunOutput", "Square", "is_success", "logit_margin", "make_attack"]
+__all__ = ["APGD", "APGDDLR", "APGDT", "ATTACKS", "FABT", "FGSM", "FMN", "PGD", "Attack", "AttackResult",
+           "CarliniWagnerL2", "CostMeter", "IterativeLoss", "Loss", "Norm", "Objective", "RunOutput", "Square",
+           "is_success", "logit_margin", "make_attack"]

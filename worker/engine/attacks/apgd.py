@@ -147,6 +147,7 @@ class APGD(Attack):
         loss, grad, succ = evaluate(adv, xs, ys, ts, cs, self.steps > 0)
         eta = torch.full((n,), 2.0 * eps, dtype=x.dtype, device=x.device)
         prev = adv.clone()
+        assert grad is not None
         best, best_loss, best_grad = adv.clone(), loss.clone(), grad
         rises = torch.zeros(n, dtype=torch.long, device=x.device)
         halved = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -160,8 +161,10 @@ class APGD(Attack):
                 if not idx.numel():
                     break
                 m = select_mask(m, keep)
-                (xs, ys, ts, cs, adv, prev, loss, grad, eta, best, best_loss, best_grad, rises, halved,
-                 best_at_mark) = keep_rows(keep, xs, ys, ts, cs, adv, prev, loss, grad, eta, best, best_loss,
+                ts = None if ts is None else ts[keep]
+                grad = None if grad is None else grad[keep]
+                (xs, ys, cs, adv, prev, loss, eta, best, best_loss, best_grad, rises, halved,
+                 best_at_mark) = keep_rows(keep, xs, ys, cs, adv, prev, loss, eta, best, best_loss,
                                            best_grad, rises, halved, best_at_mark)
             if i == self.steps:
                 break

@@ -313,10 +313,10 @@ def _check_call(inputs: torch.Tensor, labels: torch.Tensor, budgets: Sequence[fl
     return out
 
 
-def keep_rows(keep: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+def keep_rows(keep: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """Drop finished samples from every per-sample tensor of an attack's state at once
-    (``keep``: a bool mask or indices; None passes through). Masks go through :func:`select_mask`."""
-    return [None if t is None else t[keep] for t in tensors]
+    (``keep``: a bool mask or indices). Masks go through :func:`select_mask`."""
+    return [t[keep] for t in tensors]
 
 
 def select_mask(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:

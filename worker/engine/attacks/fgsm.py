@@ -22,7 +22,8 @@ class FGSM(Attack):
     name = "fgsm"
     strength = 1
     params = ParamSchema((
-        Param("loss", ParamKind.CHOICE, "ce", "loss whose gradient sign is followed", choices=tuple(x.value for x in Loss)),
+        Param("loss", ParamKind.CHOICE, "ce", "loss whose gradient sign is followed",
+              choices=tuple(x.value for x in Loss)),
     ))
 
     def __init__(self, *, norm: str = "linf", loss: Loss | str = "ce") -> None:
