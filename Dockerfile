@@ -18,7 +18,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY worker ./worker
 COPY api_spec ./api_spec
-RUN pip install . \
+RUN pip install '.[service,timm,hf,onnx]' \
  && useradd --create-home --uid 10001 robustaudit \
  && mkdir -p /data/storage \
  && chown -R robustaudit /data

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	  || echo "warning: install bubblewrap (apt-get install bubblewrap): without it the service refuses uploads"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,biggan]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,biggan,service,timm,hf,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,48 @@ class ModelFormat(str, Enum):
     EXPORT = "export"  # torch.export program (.pt2)
     SAFETENSORS = "safetensors"  # weights for a named architecture
     STATE_DICT = "state_dict"  # torch.save(state_dict), read with weights_only=True
+    ONNX = "onnx"  # an ONNX graph of standard operators, converted to a torch module
+    MODULE = "module"  # an nn.Module handed to the Python API (never in a card: no file to read)
 
 
 WEIGHT_FORMATS = (ModelFormat.SAFETENSORS, ModelFormat.STATE_DICT)
+#: formats a model card may name (MODULE is the Python API's, for a model already in memory)
+CARD_FORMATS = tuple(f for f in ModelFormat if f is not ModelFormat.MODULE)
+
+
+class ArchLibrary(str, Enum):
+    """Which library builds the architecture a weights card names (``arch``)."""
+
+    TORCHVISION = "torchvision"  # "resnet18" or "torchvision:resnet18"
+    TIMM = "timm"  # "timm:resnet18"
+    HF = "hf"  # "hf", with the model's config.json in options.config
+
+
+#: Preprocessing fields a library can supply (timm's pretrained config, an HF image processor)
+#: when the card leaves them out.
+PREPROCESSING_FIELDS = ("input_size", "mean", "std", "preprocess")
+#: What a card that leaves out 'input_size' is given until the library fills it in.
+_PLACEHOLDER_SIDE = 224
+#: The keys of 'options', per library that reads them.
+OPTION_KEYS: dict[ArchLibrary, frozenset[str]] = {ArchLibrary.HF: frozenset({"config", "preprocessor"})}
+
+
+def arch_library(arch: str) -> tuple[ArchLibrary, str]:
+    """(library, name within it) of a card's ``arch``: ``timm:resnet18`` -> (TIMM, "resnet18")."""
+    if arch == ArchLibrary.HF.value:
+        return ArchLibrary.HF, ""
+    prefix, sep, rest = arch.partition(":")
+    if sep:
+        try:
+            library = ArchLibrary(prefix)
+        except ValueError:
+            raise ModelCardError(f"model card 'arch' {short_repr(arch)} has an unknown prefix {prefix!r}; "
+                                 "use 'timm:<name>', 'torchvision:<name>', 'hf' or a torchvision name") from None
+        if library is ArchLibrary.HF or not rest:
+            raise ModelCardError(f"model card 'arch' {short_repr(arch)}: write 'hf' (the model is described "
+                                 "by options.config) or '<library>:<name>'")
+        return library, rest
+    return ArchLibrary.TORCHVISION, arch
 
 
 @dataclass(frozen=True)
@@ -55,11 +94,16 @@ class ModelCard:
         num_classes: length of the model's output vector.
         input_size: [C, H, W] the model takes.
         mean, std: per-channel normalisation applied inside the wrapper.
-        arch: torchvision architecture name (weight formats only).
+        arch: the architecture of a weights checkpoint: a torchvision name (``resnet18``,
+            ``torchvision:resnet18``), ``timm:<name>``, or ``hf`` (weight formats only).
         class_names: one name per class (defaults to "0".."n-1").
         hierarchy: optional class name -> group name.
         preprocess: resize/crop of dataset images.
         name: free-form display name.
+        options: library settings (``hf``: ``config``, the model's config.json, and
+            ``preprocessor``, its preprocessor_config.json).
+        unset: the preprocessing fields the card left out; a timm or Hugging Face loader fills
+            them from the library's configuration (until then they hold defaults).
     """
 
     format: ModelFormat
@@ -72,6 +116,8 @@ class ModelCard:
     hierarchy: dict[str, str] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
     name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    unset: frozenset[str] = frozenset()
 
     @property
     def channels(self) -> int:
@@ -81,13 +127,56 @@ class ModelCard:
         """Bytes a batch of ``n`` inputs takes (float32 by default), computed before allocating it."""
         return batch_bytes(self.input_size, n, itemsize=itemsize)
 
+    @property
+    def library(self) -> ArchLibrary | None:
+        """The library that builds ``arch`` (weight formats), else None."""
+        if self.arch is None or self.format not in WEIGHT_FORMATS:
+            return None
+        return arch_library(self.arch)[0]
+
+    def filled(self, *, input_size: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
+               std: tuple[float, ...] | None = None, preprocess: Preprocess | None = None) -> ModelCard:
+        """This card with the fields it left out taken from a library's configuration.
+
+        A field the card gives always wins; one the library does not know keeps its default
+        (input size: the placeholder is an error, mean 0 and std 1: no normalisation).
+        """
+        if "input_size" in self.unset and input_size is None:
+            raise ModelCardError(f"model card leaves out 'input_size' and {self.arch!r} does not say it: "
+                                 "give 'input_size' in the card")
+        values: dict[str, Any] = {}
+        size = input_size if "input_size" in self.unset else self.input_size
+        assert size is not None
+        _input_size(list(size))  # the library's value is bounded like a card's
+        values["input_size"] = tuple(size)
+        for key, value in (("mean", mean), ("std", std)):
+            if key in self.unset:
+                if value is not None and len(value) == 3 and size[0] == 1:
+                    value = (sum(value) / 3,)  # a grey-scale model of a colour recipe
+                values[key] = tuple(float(v) for v in value) if value is not None else (
+                    (0.0 if key == "mean" else 1.0),) * size[0]
+            elif len(getattr(self, key)) != size[0]:
+                raise ModelCardError(f"model card '{key}' has {len(getattr(self, key))} values but the "
+                                     f"model takes {size[0]} channels")
+        if "preprocess" in self.unset and preprocess is not None:
+            values["preprocess"] = preprocess
+        if any(s <= 0 for s in values["std"]):
+            raise ModelCardError(f"the std of {self.arch!r} must be positive, got {list(values['std'])}")
+        return replace(self, unset=frozenset(), **values)
+
     def to_dict(self) -> dict[str, Any]:
+        """The card as JSON data; fields it left out stay out, so that it reads back the same."""
         d = asdict(self)
+        del d["unset"]
         d["format"] = self.format.value
         d["input_size"] = list(self.input_size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
         d["class_names"] = list(self.class_names)
+        for key in self.unset:
+            d.pop(key, None)
+        if not self.options:
+            del d["options"]
         return d
 
     @classmethod
@@ -96,35 +185,48 @@ class ModelCard:
         if not isinstance(raw, dict):
             raise ModelCardError("model card must be a JSON object")
         known = {"format", "num_classes", "input_size", "mean", "std", "arch", "class_names",
-                 "hierarchy", "preprocess", "name"}
+                 "hierarchy", "preprocess", "name", "options"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ModelCardError(f"model card has unknown fields {[short_repr(u) for u in unknown[:5]]}; "
                                  f"known: {sorted(known)}")
         try:
             fmt = ModelFormat(raw.get("format"))
+            if fmt not in CARD_FORMATS:
+                raise ValueError(fmt)
         except ValueError:
             raise ModelCardError(
-                f"model card 'format' must be one of {[f.value for f in ModelFormat]}, "
+                f"model card 'format' must be one of {[f.value for f in CARD_FORMATS]}, "
                 f"got {short_repr(raw.get('format'))}") from None
         num_classes = raw.get("num_classes")
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
             raise ModelCardError(f"model card 'num_classes' must be an integer >= 2, got {short_repr(num_classes)}")
         if num_classes > MAX_NUM_CLASSES:
             raise ModelCardError(f"model card 'num_classes' is {num_classes}, above the limit of {MAX_NUM_CLASSES}")
-        size = _input_size(raw.get("input_size"))
+        arch = raw.get("arch")
+        if fmt in WEIGHT_FORMATS and not isinstance(arch, str):
+            raise ModelCardError(f"model card 'arch' is required for format {fmt.value!r} "
+                                 "(a torchvision architecture name such as 'resnet18', 'timm:<name>' or 'hf')")
+        if arch is not None and not is_bounded_name(arch):
+            raise ModelCardError(f"model card 'arch' must be a string of at most {MAX_NAME_CHARS} characters "
+                                 "without NUL")
+        # For other formats 'arch' is a label only: the file itself holds the network.
+        library = arch_library(arch)[0] if arch is not None and fmt in WEIGHT_FORMATS else None
+        # timm and Hugging Face know their models' preprocessing; torchvision's builders do not.
+        fillable = library in (ArchLibrary.TIMM, ArchLibrary.HF)
+        unset = frozenset(k for k in PREPROCESSING_FIELDS if k not in raw) if fillable else frozenset()
+        if "input_size" in raw or not fillable:
+            size = _input_size(raw.get("input_size"))
+        else:
+            given = raw.get("mean", raw.get("std"))
+            size = (len(given) if isinstance(given, list) and len(given) in (1, 3) else 3,
+                    _PLACEHOLDER_SIDE, _PLACEHOLDER_SIDE)
         channels = size[0]
         mean = _floats(raw.get("mean", [0.0] * channels), "mean", channels)
         std = _floats(raw.get("std", [1.0] * channels), "std", channels)
         if any(s <= 0 for s in std):
             raise ModelCardError(f"model card 'std' must be positive, got {list(std)}")
-        arch = raw.get("arch")
-        if fmt in WEIGHT_FORMATS and not isinstance(arch, str):
-            raise ModelCardError(f"model card 'arch' is required for format {fmt.value!r} "
-                                 "(a torchvision architecture name such as 'resnet18')")
-        if arch is not None and not is_bounded_name(arch):
-            raise ModelCardError(f"model card 'arch' must be a string of at most {MAX_NAME_CHARS} characters "
-                                 "without NUL")
+        options = _options(raw.get("options"), library)
         names_raw = _class_names(raw, num_classes)
         hierarchy = raw.get("hierarchy") or {}
         if not isinstance(hierarchy, dict) or len(hierarchy) > num_classes or not all(
@@ -150,11 +252,35 @@ class ModelCard:
                                  "without NUL")
         return cls(format=fmt, num_classes=num_classes, input_size=(size[0], size[1], size[2]),
                    mean=mean, std=std, arch=arch, class_names=tuple(names_raw), hierarchy=dict(hierarchy),
-                   preprocess=Preprocess(pre.get("resize"), pre.get("crop")), name=name)
+                   preprocess=Preprocess(pre.get("resize"), pre.get("crop")), name=name, options=options,
+                   unset=unset)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelCard:
         return cls.from_dict(read_json(path, what="model card", error=ModelCardError))
+
+
+def _options(raw: Any, library: ArchLibrary | None) -> dict[str, Any]:
+    """'options' is for the libraries that read it; 'hf' needs the model's config.json in 'config'."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ModelCardError("model card 'options' must be an object")
+    allowed = OPTION_KEYS.get(library, frozenset()) if library is not None else frozenset()
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        where = f"arch {library.value!r}" if library is not None else "this card (no arch)"
+        raise ModelCardError(f"model card 'options' {[short_repr(k) for k in extra[:5]]} do not apply to {where}; "
+                             f"it takes {sorted(allowed)}")
+    if library is ArchLibrary.HF:
+        config = raw.get("config")
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            raise ModelCardError("model card 'options.config' must hold the model's config.json (an object with "
+                                 "'model_type') for arch 'hf'")
+        pre = raw.get("preprocessor")
+        if pre is not None and not isinstance(pre, dict):
+            raise ModelCardError("model card 'options.preprocessor' must be an object (preprocessor_config.json)")
+    return dict(raw)
 
 
 def batch_bytes(input_size: tuple[int, ...], n: int, *, itemsize: int = FLOAT32_BYTES) -> int:

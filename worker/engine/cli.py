@@ -2,7 +2,11 @@
 
 Runs with torch alone (``python -m worker.engine audit ...`` on a bare GPU box).
 Exit codes of ``audit``: 0 every gate passed, 1 a gate failed, 2 bad input, 3 internal
-error, 130 cancelled (Ctrl-C).
+error, 130 cancelled (Ctrl-C), 141 the reader of our output went away (``| head``).
+
+``--out`` may be reused: what an earlier audit wrote there (report, artifacts) is removed
+first, and nothing else. ``--n-samples`` above the dataset's size uses the whole set and the
+summary says so (the report's dataset warning ``n_samples_above_dataset``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import sys
 import time
 import traceback
@@ -17,9 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import __version__
 from .errors import AuditCancelled, AuditInputError, SpecError
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
+#: 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe
+EXIT_PIPE = 141
 
 
 class ProgressBar:
@@ -51,10 +59,12 @@ class ProgressBar:
 
 
 def add_audit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint: TorchScript (.pt), torch.export (.pt2), safetensors or state_dict")
+    p.add_argument("--model", help="checkpoint: TorchScript (.pt), torch.export (.pt2), ONNX, safetensors or "
+                                   "state_dict (for a torchvision, timm or Hugging Face architecture)")
     p.add_argument("--card", help="model card JSON (default: <checkpoint stem>.card.json beside it)")
     p.add_argument("--dataset", help="builtin:digits | imagefolder:PATH | torchvision:NAME:ROOT[:split] | npz:PATH")
-    p.add_argument("--n-samples", type=int, help="number of samples (default 100)")
+    p.add_argument("--n-samples", type=int, help="number of samples (default 100; above the dataset's size: all of "
+                                                 "them, with a warning)")
     p.add_argument("--seed", type=int, help="seed for sampling and every suite (default 0)")
     p.add_argument("--classes", nargs="+", help="restrict to these class names")
     p.add_argument("--suite", action="append", default=[], help="suite to run (repeatable); clean always runs")
@@ -63,7 +73,8 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="audit specification JSON (same shape as the API body); flags override")
     p.add_argument("--gate", action="append", default=[], help="e.g. 'clean.top1>=0.9' (repeatable)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--out", required=True, help="output directory: report.json and artifacts/")
+    p.add_argument("--out", required=True, help="output directory: report.json and artifacts/ (an earlier audit's "
+                                                "files there are removed first)")
     p.add_argument("--shards", type=int, default=1, help="run each suite in this many shards and merge")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -148,6 +159,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """A few lines for a person: headline metrics, warnings and each gate."""
     lines = [f"model {report['model']['sha256'][:12]} on {report['dataset']['n_samples']} samples "
              f"({report['environment']['device']})"]
+    for w in report["dataset"].get("warnings", []):
+        lines.append(f"  warning [{w['code']}]: {w['message']}")
     for name, suite in report["suites"].items():
         lines.append(f"  {name:<12} {suite['status']:<9} {suite['seconds']:7.2f}s")
         shown = [f"{p}={v:.4g}" for p, v in headline_values(name, suite["metrics"]) if v is not None]
@@ -163,7 +176,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .runner import run_audit
+    from .runner import clear_outputs, run_audit
     from .spec import AuditSpec
 
     bar = ProgressBar(sys.stderr, enabled=sys.stderr.isatty() and not args.quiet)
@@ -171,6 +184,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         spec = AuditSpec.from_dict(spec_from_args(args))
         if args.shards < 1:
             raise SpecError("--shards must be >= 1")
+        clear_outputs(args.out)  # a reused --out shows this run only
         report = run_audit(spec, args.out, on_progress=bar, shards=args.shards)
     except AuditInputError as exc:
         bar.close()
@@ -256,12 +270,30 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=cmd_suites)
 
 
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"robustaudit {__version__}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; a closed pipe (``robustaudit metrics | head -1``) ends it quietly."""
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()  # a pipe closed early fails here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull so that the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robustaudit", description="Robustness audits of image classifiers.")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     add_engine_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -78,11 +78,56 @@ def resolve_inputs(spec: AuditSpec, roots: DataRoots | None = None) -> AuditInpu
     card: ModelCard | str | dict | None = spec.card
     classifier = load_classifier(spec.model, card, device=device)
     samples = load_samples(spec.dataset, roots=roots or DataRoots.from_env(), num_classes=classifier.num_classes)
+    warnings: list[dict[str, Any]] = []
+    if len(samples) < spec.dataset.n_samples:
+        # Stratified sampling takes the whole (filtered) set then; a number in the report must not overstate it.
+        warnings.append(Warning_("n_samples_above_dataset",
+                                 f"{spec.dataset.n_samples} samples were asked for but the dataset has "
+                                 f"{len(samples)} (after any class filter); all {len(samples)} are used",
+                                 {"requested": spec.dataset.n_samples, "available": len(samples)}).to_dict())
+    return prepare_inputs(spec, classifier, samples, warnings)
+
+
+def prepare_inputs(spec: AuditSpec, classifier: Classifier, samples: SampleSet,
+                   warnings: list[dict[str, Any]] | None = None) -> AuditInputs:
+    """The checks every audit makes once its model and samples are in hand (file-based or in memory)."""
     check_placeholder_gates(spec, classifier.card)
-    warnings = align_labels(samples, classifier.card)
+    found = list(warnings or []) + align_labels(samples, classifier.card)
     for name, params in spec.suites.items():
         get_suite(name).check_inputs(params, samples, classifier)
-    return AuditInputs(classifier, samples, warnings)
+    return AuditInputs(classifier, samples, found)
+
+
+#: what an audit writes in its output folder, and nothing else is removed before a new one
+REPORT_FILES = ("report.json", "report.html")
+
+
+def clear_outputs(out_dir: str | Path) -> None:
+    """Remove what an earlier audit wrote in ``out_dir``, so a reused folder shows only this run.
+
+    Only our own files go: the report files and the regular files in ``artifacts/<suite>/``
+    folders of registered suites (then those folders, when empty). Anything else stays, and a
+    symbolic link is never followed.
+    """
+    from .suites import SUITES
+
+    out = Path(out_dir)
+    for name in REPORT_FILES:
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    artifacts = out / "artifacts"
+    if not artifacts.is_dir() or artifacts.is_symlink():
+        return
+    for suite in SUITES:
+        folder = artifacts / suite
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for entry in folder.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def check_placeholder_gates(spec: AuditSpec, card: ModelCard) -> None:

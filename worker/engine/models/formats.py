@@ -1,8 +1,10 @@
 """One loader per checkpoint format, picked from a registry keyed by :class:`ModelFormat`.
 
-Each loader returns the network (on the CPU or the target device) and, for a torch.export
-program exported with a static batch, the batch size it accepts. None of them runs Python
-code stored in the file.
+Each loader returns the network (on the CPU or the target device), for a program exported
+with a static batch the batch size it accepts, and, where a library filled in what the card
+left out (timm's and Hugging Face's preprocessing), the completed card. None of them runs
+Python code stored in the file; weight formats build the architecture with the library named
+by the card's ``arch`` (torchvision, timm, transformers), whose code is ours to trust.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from ..card import ModelCard, ModelFormat
+from ..card import ArchLibrary, ModelCard, ModelFormat
 from ..errors import ModelCardError, ModelLoadError
 from .archive import check_zip_archive
 from .export_archive import check_export_archive
@@ -42,11 +44,13 @@ class Loaded:
         model: the network.
         fixed_batch: the only batch size it accepts, or None when any size works.
         max_batch: the largest batch it accepts (a bounded dynamic batch), or None.
+        card: the card completed by the library (preprocessing it left out), or None: as given.
     """
 
     model: nn.Module
     fixed_batch: int | None = None
     max_batch: int | None = None
+    card: ModelCard | None = None
 
 
 class ExportedModule(nn.Module):
@@ -175,21 +179,41 @@ def _check_sample_inputs(f: IO[bytes], name: str, members: list[str]) -> None:
                                      "refused", member=member) from None
 
 
+def build_for_card(card: ModelCard, weights: dict[str, torch.Tensor]) -> tuple[nn.Module, nn.Module, ModelCard]:
+    """(network the weights load into, module to run, completed card) for the card's ``arch``."""
+    library = card.library
+    if library is ArchLibrary.TIMM:
+        from .timm_models import build_timm
+
+        model, filled = build_timm(card)
+        return model, model, filled
+    if library is ArchLibrary.HF:
+        from .hf_models import HFLogits, build_hf
+
+        model, filled = build_hf(card, weights)
+        return model, HFLogits(model), filled
+    model = build_arch(card)
+    return model, model, card
+
+
 def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Path, ModelCard, torch.device], Loaded]:
-    """A loader for weights of the torchvision architecture named in the card."""
+    """A loader for weights of the architecture named in the card (torchvision, timm or Hugging Face)."""
 
     def load(path: Path, card: ModelCard, device: torch.device) -> Loaded:
         if zipfile.is_zipfile(path):  # bounded before anything is built or decompressed
             check_zip_archive(path, name=path.name)
-        model = build_arch(card)
+        if card.library is ArchLibrary.TORCHVISION:
+            build_arch(card)  # an unknown name is refused before the file is read
         try:
             raw = read(path)
         except ModelLoadError as exc:
             raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
-        load_weights(model, normalise_state_dict(raw, path), card, path)
-        return Loaded(model)
+        weights = normalise_state_dict(raw, path)
+        target, module, filled = build_for_card(card, weights)
+        load_weights(target, weights, filled, path)
+        return Loaded(module, card=filled if filled is not card else None)
 
-    load.__doc__ = f"{what} for a torchvision architecture named in the card."
+    load.__doc__ = f"{what} for an architecture named in the card."
     return load
 
 
@@ -205,11 +229,20 @@ load_safetensors_weights = _arch_weights_loader(load_safetensors, "safetensors w
 load_state_dict_weights = _arch_weights_loader(read_state_dict, "A torch.save(model.state_dict()) file")
 
 
+def load_onnx(path: Path, card: ModelCard, device: torch.device) -> Loaded:
+    """An ONNX graph of standard operators, converted to a torch module (see :mod:`.onnx_models`)."""
+    from .onnx_models import load_onnx_module  # onnx and onnx2torch are an extra
+
+    module, batch = load_onnx_module(path, card)
+    return Loaded(module.to(device), fixed_batch=batch)
+
+
 LOADERS: dict[ModelFormat, Callable[[Path, ModelCard, torch.device], Loaded]] = {
     ModelFormat.TORCHSCRIPT: load_torchscript,
     ModelFormat.EXPORT: load_export,
     ModelFormat.SAFETENSORS: load_safetensors_weights,
     ModelFormat.STATE_DICT: load_state_dict_weights,
+    ModelFormat.ONNX: load_onnx,
 }
 
 

@@ -69,8 +69,10 @@ def load_classifier(checkpoint: str | Path, card: ModelCard | str | Path | dict[
     model_card = resolve_card(card, path)
     target = torch.device(device)
     digest = sha256_file(path)
+    if model_card.format not in LOADERS:
+        raise ModelCardError(f"model card 'format' {model_card.format.value!r} has no file to load")
     loaded = LOADERS[model_card.format](path, model_card, target)
-    classifier = Classifier(loaded.model, model_card, sha256=digest, device=target,
+    classifier = Classifier(loaded.model, loaded.card or model_card, sha256=digest, device=target,
                             fixed_batch=loaded.fixed_batch)
     if loaded.max_batch is not None:
         classifier.batch.size = min(classifier.batch.size, loaded.max_batch)

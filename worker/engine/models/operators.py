@@ -188,6 +188,37 @@ def check_graph_module(graph_module: nn.Module, *, label: str) -> None:
                 raise _refuse(label, where, name, reason)
 
 
+def check_converted_graph(graph_module: nn.Module, *, label: str, module_prefixes: tuple[str, ...]) -> None:
+    """Refuse a converted graph (ONNX -> torch.fx) that calls anything but allowed modules and operators.
+
+    A converter (onnx2torch) builds a graph of ``call_module`` nodes, one per ONNX operator. Each
+    called module must be an instance of a class defined under ``module_prefixes`` (library code:
+    torch.nn layers, the converter's operator modules), never a class from elsewhere;
+    ``call_function`` nodes follow :func:`check_graph_module`'s rules; ``call_method`` is refused.
+    """
+    graph = getattr(graph_module, "graph", None)
+    if graph is None:
+        raise ModelLoadError(f"{label}: the converted model has no graph to check")
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if node.op == "call_module":
+            cls = type(graph_module.get_submodule(str(node.target)))
+            where = f"{cls.__module__}.{cls.__qualname__}"
+            if not cls.__module__.startswith(module_prefixes):
+                raise _refuse(label, "the converted graph", where,
+                              f"module {node.target!r} is a {where}, not a torch or converter operator module")
+            continue
+        if node.op != "call_function":
+            raise _refuse(label, "the converted graph", node.op, f"node {node.name!r} is a {node.op!r} node")
+        if _is_allowed_python(node.target):
+            continue
+        name = target_name(node.target)
+        reason = refusal(name) if name is not None else f"callable {_callable_name(node.target)!r} is not an operator"
+        if reason is not None:
+            raise _refuse(label, "the converted graph", name or _callable_name(node.target), reason)
+
+
 def _is_allowed_python(target: Any) -> bool:
     try:
         return target in ALLOWED_PYTHON_TARGETS

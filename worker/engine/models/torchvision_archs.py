@@ -1,60 +1,83 @@
 """torchvision architectures a weights-only checkpoint (safetensors, state_dict) may name.
 
-A registry maps each name to a function of the card giving the extra keyword arguments
-of ``torchvision.models.get_model``; torchvision itself is imported only when one is built.
+Every classification model torchvision registers (``torchvision.models.list_models(module=
+torchvision.models)``) is accepted, by its name or as ``torchvision:<name>``. Building one runs
+torchvision's own code with ``weights=None``: nothing is downloaded and nothing in the
+checkpoint is code. A few families bake the image size into their parameters and take it from
+the card; torchvision itself is imported only when a model is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import re
 from typing import Any
 
 from torch import nn
 
-from ..card import ModelCard
+from ..card import ArchLibrary, ModelCard, arch_library
 from ..errors import ModelCardError
 
-ArchKwargs = Callable[[ModelCard], dict[str, Any]]
+_VIT = re.compile(r"^vit_[a-z]_(\d+)$")
 
 
-def _plain(card: ModelCard) -> dict[str, Any]:
-    return {}
+@functools.lru_cache(maxsize=1)
+def supported_archs() -> tuple[str, ...]:
+    """The names of torchvision's classification models (not detection, segmentation or video)."""
+    import torchvision  # lazily: the torch-only engine never needs it
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-def _vit(patch: int) -> ArchKwargs:
-    """ViTs bake the image size into their position embedding: it must come from the card."""
+def __getattr__(name: str) -> Any:
+    # SUPPORTED_ARCHS is computed on first use, so importing this module does not import torchvision.
+    if name == "SUPPORTED_ARCHS":
+        return supported_archs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def kwargs(card: ModelCard) -> dict[str, Any]:
-        _, h, w = card.input_size
+
+def _size_kwargs(name: str, card: ModelCard) -> dict[str, Any]:
+    """ViTs bake the image size into their position embedding, MaxViT into its attention grid."""
+    _, h, w = card.input_size
+    vit = _VIT.match(name)
+    if vit:
+        patch = int(vit.group(1))
         if h != w:
             raise ModelCardError(f"model card 'input_size' must be square for a ViT, got {h}x{w}")
         if h % patch:
             raise ModelCardError(f"model card 'input_size' {h}x{w} must be a multiple of the ViT's "
                                  f"patch size {patch}")
         return {"image_size": h}
+    if name.startswith("maxvit_"):
+        return {"input_size": (h, w)}
+    return {}
 
-    return kwargs
 
-
-ARCHS: dict[str, ArchKwargs] = {
-    "resnet18": _plain, "resnet34": _plain, "resnet50": _plain, "resnet101": _plain,
-    "wide_resnet50_2": _plain, "vgg16": _plain, "densenet121": _plain,
-    "mobilenet_v2": _plain, "mobilenet_v3_large": _plain, "efficientnet_b0": _plain,
-    "convnext_tiny": _plain, "vit_b_16": _vit(16), "vit_b_32": _vit(32),
-}
-
-SUPPORTED_ARCHS: tuple[str, ...] = tuple(ARCHS)
+def torchvision_name(card: ModelCard) -> str:
+    """The torchvision model name of a card's ``arch`` (``torchvision:`` prefix removed)."""
+    library, name = arch_library(card.arch or "")
+    if library is not ArchLibrary.TORCHVISION:
+        raise ModelCardError(f"model card 'arch' {card.arch!r} is not a torchvision architecture")
+    return name
 
 
 def build_arch(card: ModelCard) -> nn.Module:
-    """An untrained torchvision network shaped by the card (num_classes, ViT image size)."""
-    if card.arch not in ARCHS:
-        raise ModelCardError(f"model card 'arch' {card.arch!r} is not supported; supported: "
-                             f"{list(SUPPORTED_ARCHS)}")
+    """An untrained torchvision network shaped by the card (num_classes, image size where it matters)."""
+    name = torchvision_name(card)
+    known = supported_archs()
+    if name not in known:
+        close = [n for n in known if n.split("_")[0] == name.split("_")[0]][:10]
+        raise ModelCardError(f"model card 'arch' {card.arch!r} is not a torchvision classification model"
+                             f"{f'; close: {close}' if close else ''} (all {len(known)}: "
+                             "torchvision.models.list_models(module=torchvision.models)); for timm write "
+                             "'timm:<name>'")
     if card.channels != 3:
-        raise ModelCardError(f"torchvision architecture {card.arch!r} takes 3-channel images but the "
+        raise ModelCardError(f"torchvision architecture {name!r} takes 3-channel images but the "
                              f"model card 'input_size' has {card.channels}")
-    extra = ARCHS[card.arch](card)
-    import torchvision  # lazily: only weight formats need it
+    import torchvision
 
-    return torchvision.models.get_model(card.arch, weights=None, num_classes=card.num_classes, **extra)
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=card.num_classes,
+                                            **_size_kwargs(name, card))
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a size the architecture cannot take
+        raise ModelCardError(f"torchvision cannot build {name!r} for this card: {exc}") from None
