@@ -160,7 +160,7 @@ class ModelCard:
                                      f"model takes {size[0]} channels")
         if "preprocess" in self.unset and preprocess is not None:
             values["preprocess"] = preprocess
-        if any(s <= 0 for s in values["std"]):
+        if any(s <= 0 for s in values.get("std", self.std)):
             raise ModelCardError(f"the std of {self.arch!r} must be positive, got {list(values['std'])}")
         return replace(self, unset=frozenset(), **values)
 

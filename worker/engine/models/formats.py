@@ -179,21 +179,21 @@ def _check_sample_inputs(f: IO[bytes], name: str, members: list[str]) -> None:
                                      "refused", member=member) from None
 
 
-def build_for_card(card: ModelCard, weights: dict[str, torch.Tensor]) -> tuple[nn.Module, nn.Module, ModelCard]:
-    """(network the weights load into, module to run, completed card) for the card's ``arch``."""
+def build_for_card(card: ModelCard, weights: dict[str, torch.Tensor], path: Path) -> tuple[nn.Module, ModelCard]:
+    """(network with the weights loaded, completed card) for the card's ``arch``."""
     library = card.library
+    if library is ArchLibrary.HF:
+        from .hf_models import build_hf  # transformers places the weights itself (it renames old keys)
+
+        return build_hf(card, weights, path)
     if library is ArchLibrary.TIMM:
         from .timm_models import build_timm
 
         model, filled = build_timm(card)
-        return model, model, filled
-    if library is ArchLibrary.HF:
-        from .hf_models import HFLogits, build_hf
-
-        model, filled = build_hf(card, weights)
-        return model, HFLogits(model), filled
-    model = build_arch(card)
-    return model, model, card
+    else:
+        model, filled = build_arch(card), card
+    load_weights(model, weights, filled, path)
+    return model, filled
 
 
 def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Path, ModelCard, torch.device], Loaded]:
@@ -208,9 +208,7 @@ def _arch_weights_loader(read: Callable[[Path], Any], what: str) -> Callable[[Pa
             raw = read(path)
         except ModelLoadError as exc:
             raise ModelLoadError(exc.message + format_hint(path, card.format), **exc.details) from None
-        weights = normalise_state_dict(raw, path)
-        target, module, filled = build_for_card(card, weights)
-        load_weights(target, weights, filled, path)
+        module, filled = build_for_card(card, normalise_state_dict(raw, path), path)
         return Loaded(module, card=filled if filled is not card else None)
 
     load.__doc__ = f"{what} for an architecture named in the card."

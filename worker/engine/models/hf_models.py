@@ -2,15 +2,24 @@
 
 The card carries the model's ``config.json`` content in ``options.config`` (and, optionally,
 its ``preprocessor_config.json`` in ``options.preprocessor``); the checkpoint holds the
-weights. transformers builds the network from the config with its own classes only: a config
-that asks for remote code (``auto_map``) or for a quantisation backend is refused, and the
-class is one of transformers' image-classification classes (``AutoModelForImageClassification``
-or the one ``architectures`` names). The network is first built on the meta device, so a config
-that describes a far larger model than the checkpoint holds is refused before memory is spent.
+weights (``model.safetensors`` as ``save_pretrained`` writes it). transformers builds the
+network from the config with its own classes only: a config that asks for remote code
+(``auto_map``) or for a quantisation backend is refused, and the class is one of transformers'
+image-classification classes (the one ``model_type`` maps to, or the one ``architectures``
+names). The network is first built on the meta device, so a config that describes a far larger
+model than the checkpoint holds is refused before memory is spent.
+
+The weights, already read by our safe readers, are handed to ``from_pretrained(None,
+state_dict=...)``: transformers renames the keys of older checkpoints to its current modules
+(its checkpoint conversion mapping), and a missing, unexpected or misshapen key is an error
+here, never a random initialisation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +27,7 @@ from torch import nn
 
 from ..card import ModelCard, Preprocess
 from ..errors import ModelCardError, ModelLoadError
+from .weights import _check_head
 
 #: config keys that would make transformers run code or load a backend we do not audit
 _REFUSED_KEYS = {"auto_map": "asks for remote code (trust_remote_code), which is never used here",
@@ -89,11 +99,9 @@ def hf_config(card: ModelCard) -> Any:
 
 
 def _model_class(card: ModelCard, config: Any) -> Any:
-    """The class ``architectures`` names (one of transformers' image classifiers), else the auto class."""
+    """The class ``architectures`` names (one of transformers' image classifiers), else model_type's."""
     transformers = _transformers()
-    names = card.options["config"].get("architectures") or []
-    if not names:
-        return transformers.AutoModelForImageClassification
+    names = card.options["config"].get("architectures") or [_image_classes()[config.model_type]]
     allowed = set(_image_classes().values())
     name = names[0]
     if not isinstance(name, str) or name not in allowed or not hasattr(transformers, name):
@@ -102,10 +110,42 @@ def _model_class(card: ModelCard, config: Any) -> Any:
     return getattr(transformers, name)
 
 
-def _build(cls: Any, config: Any) -> nn.Module:
-    if hasattr(cls, "from_config"):  # the auto class
-        return cls.from_config(config, trust_remote_code=False)
-    return cls(config)
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers reports a load with progress bars and a table; our errors say what matters."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(cls: Any, config: Any, weights: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """``from_pretrained`` on tensors we read; any key it could not place is refused."""
+    try:
+        with _quiet():
+            model, info = cls.from_pretrained(None, config=config, state_dict=weights, local_files_only=True,
+                                              trust_remote_code=False, output_loading_info=True)
+    except RuntimeError as exc:  # shape mismatches ("ignore_mismatched_sizes")
+        raise ModelLoadError(f"{path.name} does not fit the model options.config describes: "
+                             f"{str(exc).splitlines()[0][:300]}") from None
+    problems = []
+    for key, what in (("missing_keys", "missing keys"), ("unexpected_keys", "unexpected keys"),
+                      ("mismatched_keys", "shape mismatches")):
+        found = sorted(str(k) for k in info.get(key) or ())
+        if found:
+            problems.append(f"{what} {found[:5]}{' ...' if len(found) > 5 else ''}")
+    if problems or info.get("error_msgs"):
+        problems += [str(m)[:200] for m in info.get("error_msgs") or []][:3]
+        raise ModelLoadError(f"{path.name} does not fit the model options.config describes: {'; '.join(problems)}")
+    return model
 
 
 def library_preprocessing(card: ModelCard, config: Any) -> dict[str, Any]:
@@ -140,8 +180,9 @@ def library_preprocessing(card: ModelCard, config: Any) -> dict[str, Any]:
     return out
 
 
-def build_hf(card: ModelCard, weights: dict[str, torch.Tensor]) -> tuple[nn.Module, ModelCard]:
-    """The untrained network the card's config describes and the filled card (wrap it in :class:`HFLogits`).
+def build_hf(card: ModelCard, weights: dict[str, torch.Tensor], path: Path) -> tuple[nn.Module, ModelCard]:
+    """The network the card's config describes with the checkpoint's weights, as an ``x -> logits``
+    module, and the card with the preprocessing filled in.
 
     Raises:
         ModelCardError: the config is not an image classifier's or does not fit the card.
@@ -151,15 +192,17 @@ def build_hf(card: ModelCard, weights: dict[str, torch.Tensor]) -> tuple[nn.Modu
     cls = _model_class(card, config)
     try:
         with torch.device("meta"):  # sizes only: no memory is spent on what a config claims
-            shape_only = _build(cls, config)
-        expected = sum(t.numel() for t in shape_only.state_dict().values())
-        held = sum(t.numel() for t in weights.values())
-        if expected > held * _SLACK + 1024:
-            raise ModelLoadError(f"model card 'options.config' describes a model of {expected} values but the "
-                                 f"checkpoint holds {held}: the weights do not fit the config")
-        model = _build(cls, config)
+            shape_only = cls(config)
     except (TypeError, ValueError, RuntimeError, AttributeError, ImportError) as exc:
         raise ModelCardError(f"transformers cannot build {cls.__name__} from options.config: "
                              f"{str(exc)[:300]}") from None
+    expected = shape_only.state_dict()
+    size = sum(t.numel() for t in expected.values())
+    held = sum(t.numel() for t in weights.values())
+    if size > held * _SLACK + 1024:
+        raise ModelLoadError(f"model card 'options.config' describes a model of {size} values but the "
+                             f"checkpoint holds {held}: the weights do not fit the config")
+    _check_head(expected, weights, card, path)  # the usual culprit, named in the card's terms
     filled = card.filled(**library_preprocessing(card, config))
-    return model.float().eval(), filled
+    model = _load(cls, config, weights, path)
+    return HFLogits(model.float().eval()), filled

@@ -8,6 +8,7 @@ the recipe its published weights were trained with.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from torch import nn
@@ -36,8 +37,7 @@ def pretrained_config(name: str) -> dict[str, Any]:
     """timm's pretrained config of ``name`` (``resnet18`` or ``resnet18.a1_in1k``); errors name close matches."""
     timm = _timm()
     if not timm.is_model(name):
-        base = name.split(".")[0]
-        close = timm.list_models(f"*{base[:12]}*")[:10] if base else []
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=8, cutoff=0.6)
         raise ModelCardError(f"model card 'arch' 'timm:{name}' is not a timm model"
                              f"{f'; close: {close}' if close else ''} (timm {timm.__version__})")
     from timm.models import get_pretrained_cfg

@@ -9,6 +9,7 @@ the card; torchvision itself is imported only when a model is built.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from typing import Any
@@ -66,7 +67,7 @@ def build_arch(card: ModelCard) -> nn.Module:
     name = torchvision_name(card)
     known = supported_archs()
     if name not in known:
-        close = [n for n in known if n.split("_")[0] == name.split("_")[0]][:10]
+        close = difflib.get_close_matches(name, known, n=8, cutoff=0.6)
         raise ModelCardError(f"model card 'arch' {card.arch!r} is not a torchvision classification model"
                              f"{f'; close: {close}' if close else ''} (all {len(known)}: "
                              "torchvision.models.list_models(module=torchvision.models)); for timm write "
