@@ -265,18 +265,19 @@ def test_missing_card_path(tmp_path: Path, tiny: TinyCNN) -> None:
         load_classifier(path, tmp_path / "other.card.json")
 
 
-def test_unknown_format_in_card(tmp_path: Path, tiny: TinyCNN) -> None:
+@pytest.mark.parametrize("fmt", ["keras", "module"])  # "module" is the Python API's, never a file's
+def test_unknown_format_in_card(tmp_path: Path, tiny: TinyCNN, fmt: str) -> None:
     with pytest.raises(ModelCardError, match="'format' must be one of"):
-        ModelCard.from_dict(card_dict("onnx"))
+        ModelCard.from_dict(card_dict(fmt))
     path = save_torchscript(tiny, tmp_path / "tiny.pt")
     with pytest.raises(ModelCardError, match="'format' must be one of"):
-        load_classifier(path, card_dict("onnx"))
+        load_classifier(path, card_dict(fmt))
 
 
 def test_unknown_arch_lists_supported(tmp_path: Path) -> None:
     path = tmp_path / "w.pth"
     torch.save({"w": torch.zeros(1)}, path)
-    with pytest.raises(ModelCardError, match=r"'resnet9000' is not supported; supported: .*'resnet18'"):
+    with pytest.raises(ModelCardError, match=r"'resnet9000' is not a torchvision classification model; close: .*'resnet18'"):
         load_classifier(path, resnet_card("state_dict", arch="resnet9000"))
 
 
