@@ -105,16 +105,16 @@ REPORT_FILES = ("report.json", "report.html")
 def clear_outputs(out_dir: str | Path) -> None:
     """Remove what an earlier audit wrote in ``out_dir``, so a reused folder shows only this run.
 
-    Only our own files go: the report files and the regular files in ``artifacts/<suite>/``
-    folders of registered suites (then those folders, when empty). Anything else stays, and a
-    symbolic link is never followed.
+    Only our own files go: the report files and the files in ``artifacts/<suite>/`` folders of
+    registered suites (then those folders, when empty). Anything else stays. A symbolic link
+    there is removed itself, never followed: its target is left alone.
     """
     from .suites import SUITES
 
     out = Path(out_dir)
     for name in REPORT_FILES:
         path = out / name
-        if path.is_file() and not path.is_symlink():
+        if path.is_symlink() or path.is_file():
             path.unlink()
     artifacts = out / "artifacts"
     if not artifacts.is_dir() or artifacts.is_symlink():
@@ -124,7 +124,7 @@ def clear_outputs(out_dir: str | Path) -> None:
         if not folder.is_dir() or folder.is_symlink():
             continue
         for entry in folder.iterdir():
-            if entry.is_file() and not entry.is_symlink():
+            if entry.is_symlink() or entry.is_file():
                 entry.unlink()
         if not any(folder.iterdir()):
             folder.rmdir()
