@@ -11,11 +11,11 @@ import torch
 
 from tests.tiny import TinyNet
 from worker.engine.api import audit, weights_digest
+from worker.engine.card import ModelCard
 from worker.engine.cli import main
 from worker.engine.datasets import DatasetRef, load_samples
 from worker.engine.errors import DatasetError, ModelCardError, SpecError
 from worker.engine.samples import prepare_image
-from worker.engine.card import ModelCard
 
 CARD = {"format": "torchscript", "num_classes": 10, "input_size": [1, 32, 32], "mean": [0.5], "std": [0.25]}
 PGD_ONLY = {"norms": ["linf"], "linf_eps": [0.3], "attacks": ["pgd"], "minimal": "none", "targeted": False,

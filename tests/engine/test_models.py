@@ -277,7 +277,8 @@ def test_unknown_format_in_card(tmp_path: Path, tiny: TinyCNN, fmt: str) -> None
 def test_unknown_arch_lists_supported(tmp_path: Path) -> None:
     path = tmp_path / "w.pth"
     torch.save({"w": torch.zeros(1)}, path)
-    with pytest.raises(ModelCardError, match=r"'resnet9000' is not a torchvision classification model; close: .*'resnet18'"):
+    with pytest.raises(ModelCardError,
+                       match=r"'resnet9000' is not a torchvision classification model; close: .*'resnet18'"):
         load_classifier(path, resnet_card("state_dict", arch="resnet9000"))
 
 

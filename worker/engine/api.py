@@ -95,13 +95,13 @@ def _labels(labels: torch.Tensor | Sequence[int], n: int, num_classes: int) -> t
     return y
 
 
-def _output_width(model: nn.Module, x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                  device: torch.device) -> int:
-    """The model's number of classes, read from one forward pass (when no class names say it)."""
+def _output_width(model: nn.Module, x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> int:
+    """The model's number of classes, read from one forward pass where it is (when no class names say it)."""
     c = x.shape[1]
     z = (x[:1] - torch.tensor(mean).view(1, c, 1, 1)) / torch.tensor(std).view(1, c, 1, 1)
+    first = next(iter(model.parameters()), None)
     with torch.no_grad():
-        out = model(z.to(device))
+        out = model(z.to(first.device if first is not None else "cpu"))
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ModelCardError(f"the model returned {type(out).__name__}"
                              f"{f' of shape {tuple(out.shape)}' if isinstance(out, torch.Tensor) else ''}, "
@@ -172,9 +172,10 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
     std_t = _channel_values(std, c, 1.0, "std")
     if any(s <= 0 for s in std_t):
         raise ModelCardError(f"std must be positive, got {list(std_t)}")
-    num_classes = len(class_names) if class_names is not None else _output_width(model, x, mean_t, std_t, target)
+    num_classes = len(class_names) if class_names is not None else _output_width(model, x, mean_t, std_t)
     # The same card checks as a file's card (names, hierarchy, bounds); then the format says "in memory".
-    raw_card: dict[str, Any] = {"format": ModelFormat.TORCHSCRIPT.value, "num_classes": num_classes, "input_size": [c, h, w], "mean": list(mean_t),
+    raw_card: dict[str, Any] = {"format": ModelFormat.TORCHSCRIPT.value, "num_classes": num_classes,
+                                "input_size": [c, h, w], "mean": list(mean_t),
                                 "std": list(std_t), "hierarchy": hierarchy or {},
                                 "name": name or type(model).__name__}
     if class_names is not None:

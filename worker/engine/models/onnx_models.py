@@ -97,9 +97,9 @@ def check_onnx_model(model: Any, *, label: str) -> None:
             raise ModelLoadError(f"{label}: ONNX operator domain {opset.domain!r} is not allowed; only the standard "
                                  "domain ('' / 'ai.onnx') is accepted", operator=opset.domain)
     if len(model.functions):
-        raise ModelLoadError(f"{label}: the ONNX model defines {len(model.functions)} local functions "
-                             f"({model.functions[0].domain}::{model.functions[0].name}); only standard "
-                             "operators are accepted", operator=f"{model.functions[0].domain}::{model.functions[0].name}")
+        first = f"{model.functions[0].domain}::{model.functions[0].name}"
+        raise ModelLoadError(f"{label}: the ONNX model defines {len(model.functions)} local functions ({first}); "
+                             "only standard operators are accepted", operator=first)
     nodes = 0
     external = 1  # onnx.TensorProto.EXTERNAL, without importing onnx here
     for graph in _graphs(model.graph):
