@@ -1,8 +1,9 @@
 """Loading checkpoints as :class:`~worker.engine.classifier.Classifier` objects.
 
 Formats (picked by the model card, never by the file name): TorchScript, torch.export
-programs, and weights for a torchvision architecture as safetensors or a weights-only
-``torch.save`` state dict. Nothing in a checkpoint can run Python code here.
+programs, ONNX graphs (converted to torch), and weights as safetensors or a weights-only
+``torch.save`` state dict for an architecture built by torchvision, timm or transformers.
+Nothing in a checkpoint can run Python code here. See docs/models.md.
 
 The names below are imported lazily, so that the torch-free checks (:mod:`.archive`) can be
 imported by the API process without loading torch.

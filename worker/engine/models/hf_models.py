@@ -133,7 +133,9 @@ def _load(cls: Any, config: Any, weights: dict[str, torch.Tensor], path: Path) -
         with _quiet():
             model, info = cls.from_pretrained(None, config=config, state_dict=weights, local_files_only=True,
                                               trust_remote_code=False, output_loading_info=True)
-    except RuntimeError as exc:  # shape mismatches ("ignore_mismatched_sizes")
+    # RuntimeError: shape mismatches ("ignore_mismatched_sizes"); the others: an attention backend or
+    # setting of the config that this machine cannot provide.
+    except (RuntimeError, ValueError, TypeError, ImportError, OSError) as exc:
         raise ModelLoadError(f"{path.name} does not fit the model options.config describes: "
                              f"{str(exc).splitlines()[0][:300]}") from None
     problems = []
