@@ -88,7 +88,9 @@ def test_timm_preprocessing_from_pretrained_config_and_card_overrides(tmp_path: 
     path = tmp_path / "resnet.safetensors"
     save_file(timm_resnet.state_dict(), path)
     cfg = timm.models.get_pretrained_cfg("test_resnet").to_dict()
-    library = load_classifier(path, timm_card()).card
+    loaded = load_classifier(path, timm_card())
+    library = loaded.card
+    assert loaded.describe()["mean"] == list(cfg["mean"])  # the report says what was used
     assert library.input_size == tuple(cfg["input_size"])
     assert library.mean == tuple(cfg["mean"]) and library.std == tuple(cfg["std"])
     side = cfg["input_size"][1]

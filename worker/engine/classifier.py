@@ -65,11 +65,12 @@ class Classifier(nn.Module):
         return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> dict[str, Any]:
-        """The report's ``model`` section."""
+        """The report's ``model`` section; the preprocessing is the one used (a library may have filled it in)."""
         return {"sha256": self.sha256, "format": self.card.format.value, "arch": self.card.arch,
                 "num_classes": self.num_classes, "params": self.num_params,
-                "input_size": list(self.input_size), "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", ""), "name": self.card.name}
+                "input_size": list(self.input_size), "mean": list(self.card.mean), "std": list(self.card.std),
+                "preprocess": {"resize": self.card.preprocess.resize, "crop": self.card.preprocess.crop},
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "name": self.card.name}
 
     # -- running ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
