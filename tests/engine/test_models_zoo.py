@@ -155,6 +155,7 @@ def test_hf_vit_same_logits_preprocessor_and_attackable(tmp_path: Path, hf_vit: 
     path = save_pretrained(hf_vit, tmp_path)
     classifier = load_classifier(path, hf_card(vit_config(), preprocessor=PREPROCESSOR))
     assert classifier.card.input_size == (3, 32, 32)
+    assert classifier.card.class_names == tuple(str(i) for i in range(NUM_CLASSES))  # LABEL_i: no names
     assert classifier.card.mean == pytest.approx((0.5, 0.4, 0.3))
     assert classifier.card.std == pytest.approx((0.2, 0.25, 0.3))
     x = images(5, (3, 32, 32))
@@ -181,6 +182,17 @@ def test_hf_config_refusals(tmp_path: Path, hf_vit: nn.Module, change: dict[str,
     path = save_pretrained(hf_vit, tmp_path)
     with pytest.raises(error, match=message):
         load_classifier(path, hf_card({**vit_config(), **change}))
+
+
+def test_hf_class_names_from_id2label_unless_the_card_names_them(tmp_path: Path, hf_vit: nn.Module) -> None:
+    path = save_pretrained(hf_vit, tmp_path)
+    named = {**vit_config(), "id2label": {str(i): f"kind {i}" for i in range(NUM_CLASSES)}}
+    assert load_classifier(path, hf_card(named)).card.class_names[:2] == ("kind 0", "kind 1")
+    card = {**hf_card(named), "class_names": list("abcdefghij")}
+    assert load_classifier(path, card).card.class_names[:2] == ("a", "b")
+    duplicated = {**vit_config(), "id2label": {str(i): "same" for i in range(NUM_CLASSES)}}
+    with pytest.raises(ModelCardError, match="'class_names' must be unique"):
+        load_classifier(path, hf_card(duplicated))
 
 
 def test_hf_label_count_must_match_the_card(tmp_path: Path, hf_vit: nn.Module) -> None:

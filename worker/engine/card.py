@@ -102,8 +102,9 @@ class ModelCard:
         name: free-form display name.
         options: library settings (``hf``: ``config``, the model's config.json, and
             ``preprocessor``, its preprocessor_config.json).
-        unset: the preprocessing fields the card left out; a timm or Hugging Face loader fills
-            them from the library's configuration (until then they hold defaults).
+        unset: the preprocessing fields (and, for ``hf``, the class names) the card left out; a
+            timm or Hugging Face loader fills them from the library's configuration (until then
+            they hold defaults).
     """
 
     format: ModelFormat
@@ -135,7 +136,8 @@ class ModelCard:
         return arch_library(self.arch)[0]
 
     def filled(self, *, input_size: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None, preprocess: Preprocess | None = None) -> ModelCard:
+               std: tuple[float, ...] | None = None, preprocess: Preprocess | None = None,
+               class_names: tuple[str, ...] | None = None) -> ModelCard:
         """This card with the fields it left out taken from a library's configuration.
 
         A field the card gives always wins; one the library does not know keeps its default
@@ -160,6 +162,9 @@ class ModelCard:
                                      f"model takes {size[0]} channels")
         if "preprocess" in self.unset and preprocess is not None:
             values["preprocess"] = preprocess
+        if "class_names" in self.unset and class_names is not None:
+            # The library's label names (a Hugging Face config's id2label), checked like a card's.
+            values["class_names"] = tuple(_class_names({"class_names": list(class_names)}, self.num_classes))
         if any(s <= 0 for s in values.get("std", self.std)):
             raise ModelCardError(f"the std of {self.arch!r} must be positive, got {list(values['std'])}")
         return replace(self, unset=frozenset(), **values)
@@ -215,6 +220,8 @@ class ModelCard:
         # timm and Hugging Face know their models' preprocessing; torchvision's builders do not.
         fillable = library in (ArchLibrary.TIMM, ArchLibrary.HF)
         unset = frozenset(k for k in PREPROCESSING_FIELDS if k not in raw) if fillable else frozenset()
+        if library is ArchLibrary.HF and "class_names" not in raw and not raw.get("hierarchy"):
+            unset |= {"class_names"}  # id2label may name the classes (a hierarchy needs them in the card)
         if "input_size" in raw or not fillable:
             size = _input_size(raw.get("input_size"))
         else:

@@ -153,7 +153,8 @@ def _load(cls: Any, config: Any, weights: dict[str, torch.Tensor], path: Path) -
 def library_preprocessing(card: ModelCard, config: Any) -> dict[str, Any]:
     """Card fields from the image-processor config (or, without one, the model config's image size).
 
-    Our images are in [0, 1]; a processor that rescales by ``rescale_factor`` (1/255 usually)
+    Class names come from the config's ``id2label`` unless they are transformers' ``LABEL_<i>``
+    placeholders. Our images are in [0, 1]; a processor that rescales by ``rescale_factor`` (1/255 usually)
     and then normalises is the same as normalising [0, 1] images by ``mean / (255 * factor)``.
     """
     pre = card.options.get("preprocessor") or {}
@@ -179,6 +180,11 @@ def library_preprocessing(card: ModelCard, config: Any) -> dict[str, Any]:
             raise ModelCardError("model card 'options.preprocessor' image_mean and image_std must be lists of numbers")
         out["mean"] = tuple(float(v) / scale for v in mean)
         out["std"] = tuple(float(v) / scale for v in std)
+    labels = getattr(config, "id2label", None) or {}
+    names = [str(labels.get(i, "")) for i in range(len(labels))]
+    # transformers names unnamed labels LABEL_0, LABEL_1, ...: those say nothing the indices do not
+    if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        out["class_names"] = tuple(names)
     return out
 
 
