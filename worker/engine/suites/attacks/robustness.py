@@ -89,7 +89,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
         if not in_set:  # the minimum-norm method alone: every sample, no budget
             groups.append(([], torch.arange(len(sids))))
         elif params["cascade"]:
-            held = robust[norm].sum(dim=0)
+            held = robust[norm][order].int().cumprod(dim=0).sum(dim=0)  # leading robust budgets
             for k in sorted(set(held.tolist()) - {0}):
                 groups.append((order[:k], (held == k).nonzero().squeeze(1)))
         else:
@@ -116,6 +116,12 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                             ok, pred = eot.judge(res.adversarials[b][hit], gy[start:stop][hit])
                             success[b, hit], preds[b, hit] = ok, pred
                             judged += int(hit.numel())
+                    # majorities are random: keep "fooled inside a small ball, fooled in every larger one"
+                    srt = sorted(range(len(geps)), key=lambda i: geps[i])
+                    for small, large in zip(srt, srt[1:]):
+                        carry = success[small] & ~success[large]
+                        success[large] |= carry
+                        preds[large] = torch.where(carry, preds[small], preds[large])
                 _add_cost(spent, res, eot, judged)
                 return res, success, preds
 
