@@ -55,6 +55,9 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
         gates = fields.List(fields.Raw(), load_default=list, metadata={"description": GATE_DOC})
         seed = fields.Integer(strict=True, validate=validate.Range(min=0, max=INT64_MAX), load_default=0)
         label = fields.String(allow_none=True, validate=validate.Length(max=MAX_LABEL), load_default=None)
+        accept_unreliable = fields.Boolean(truthy={True}, falsy={False}, load_default=False, metadata={
+            "description": "let gates pass on attack metrics that a sanity flag makes unreliable (masked "
+                           "gradients, randomness) when no gradient-free attack backs them; recorded in the report"})
 
     class ScheduleRequest(AuditRequest):
         cron = fields.String(required=True, validate=validate.Length(min=1, max=100),
