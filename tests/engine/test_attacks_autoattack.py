@@ -1,6 +1,6 @@
 """The ``autoattack`` set against torchattacks' AutoAttack (the standard version, same four
-attacks) on the demo CNN: the same samples and budget give the same robust accuracy within
-two points. And on a tiny net: the set runs in AutoAttack's order, each attack on what the
+attacks) on the demo CNN: the same samples and budget give the same robust accuracy, within
+one sample. And on a tiny net: the set runs in AutoAttack's order, each attack on what the
 previous ones left."""
 
 import pytest
@@ -45,10 +45,13 @@ def test_autoattack_set_runs_in_order_on_survivors(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_autoattack_matches_torchattacks_on_the_demo_cnn(tmp_path):
+    """30 samples keep it to a few minutes on two cores, so the tolerance is one sample (3.3
+    points); on 100 samples bench/autoattack.py measured equal robust accuracy (0.11 both)."""
     torchattacks = pytest.importorskip("torchattacks")
     clf = load_classifier(str(DEMO / "digits_cnn.pt"), None, device="cpu")
-    samples = load_samples(DatasetRef.parse({"kind": "builtin", "name": "digits", "n_samples": 50, "seed": 1}),
+    samples = load_samples(DatasetRef.parse({"kind": "builtin", "name": "digits", "n_samples": 30, "seed": 1}),
                            roots=DataRoots.from_env(), num_classes=10)
     eps = 0.1
     entry = attacks_entry(tmp_path, clf, samples, {"norms": ["linf"], "linf_eps": [eps], "attacks": ["autoattack"],
@@ -58,4 +61,4 @@ def test_autoattack_matches_torchattacks_on_the_demo_cnn(tmp_path):
     adv = torchattacks.AutoAttack(clf, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)(x, y)
     with torch.no_grad():
         theirs = clf(adv).argmax(1).eq(y).double().mean().item()
-    assert abs(ours - theirs) <= 0.02 + 1e-9, (ours, theirs)
+    assert abs(ours - theirs) <= 1 / 30 + 1e-9, (ours, theirs)
