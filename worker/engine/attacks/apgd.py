@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..params import Param, ParamKind, ParamSchema
-from .base import Attack, Model, RunOutput, keep_rows, select_mask
+from .base import Attack, Model, RunOutput, keep_rows, row_streams, select_mask
 from .losses import dlr, dlr_targeted
 from .rng import RandomSource, salted, subset
 
@@ -123,8 +123,13 @@ class APGD(Attack):
         return (x + self.norm.ops.project(delta, eps)).clamp(0.0, 1.0)
 
     def _once(self, model: Model, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, crit: torch.Tensor,
-              targeted: bool, eps: float, mask: torch.Tensor | None, rng: RandomSource
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              targeted: bool, eps: float, mask: torch.Tensor | None, rng: RandomSource,
+              group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One run on every row: (per row, the fooling iterate or the best-loss point, and the
+        iteration it fooled at, -1: never). ``group`` maps rows to samples (APGD-T: one row per
+        sample and target); once a row fools the model, every row of its sample leaves, since the
+        sample is broken whichever target did it. A row's trajectory depends only on its own
+        sample, target and stream, never on the other rows."""
         ops, loss_fn, n = self.norm.ops, LOSSES[self.loss_name], x.shape[0]
         out = x.clone()
         first = torch.full((n,), -1, dtype=torch.long, device=x.device)
@@ -142,6 +147,7 @@ class APGD(Attack):
             return loss.detach(), grad, pred.eq(cs) if targeted else pred.ne(cs)
 
         idx = torch.arange(n, device=x.device)
+        gs = idx if group is None else group.to(x.device)
         xs, ys, ts, cs, m = x, y, t, crit, mask
         adv = self._constrain(xs, xs + ops.random(xs, eps, rng), eps, m)
         loss, grad, succ = evaluate(adv, xs, ys, ts, cs, self.steps > 0)
@@ -156,15 +162,18 @@ class APGD(Attack):
             if bool(succ.any()):  # fooled samples leave the batch (one host sync per step)
                 out[idx[succ]] = adv[succ]
                 first[idx[succ]] = i
-                keep = ~succ
+                # the other rows of a broken sample leave with it, keeping their best point
+                gone = succ if group is None else torch.isin(gs, gs[succ])
+                out[idx[gone & ~succ]] = best[gone & ~succ]
+                keep = ~gone
                 idx = idx[keep]
                 if not idx.numel():
                     break
                 m = select_mask(m, keep)
                 ts = None if ts is None else ts[keep]
                 grad = None if grad is None else grad[keep]
-                (xs, ys, cs, adv, prev, loss, eta, best, best_loss, best_grad, rises, halved,
-                 best_at_mark) = keep_rows(keep, xs, ys, cs, adv, prev, loss, eta, best, best_loss,
+                (xs, ys, cs, gs, adv, prev, loss, eta, best, best_loss, best_grad, rises, halved,
+                 best_at_mark) = keep_rows(keep, xs, ys, cs, gs, adv, prev, loss, eta, best, best_loss,
                                            best_grad, rises, halved, best_at_mark)
             if i == self.steps:
                 break
@@ -206,10 +215,16 @@ class APGDDLR(APGD):
 
 
 class APGDT(APGD):
-    """APGD-T: targeted DLR towards each of the top-k other classes of the clean image in turn
-    (``apgd-t``); success is still any misclassification. Each target's run attacks only the
-    samples that earlier targets left robust. With ``targeted=True`` the given labels are the
-    targets and one run is made per restart.
+    """APGD-T: targeted DLR towards each of the top-k other classes of the clean image
+    (``apgd-t``); success is still any misclassification, so a sample is broken if any target
+    works (AutoAttack's rule). All (sample, target) pairs of a restart run as one batch, each
+    row with its own target and its own (sample, target, restart) stream, and a sample's rows
+    all leave once one of them fools the model; later restarts attack only what is still
+    robust. Which samples fall is the same as running the targets one after another (rows are
+    independent); the returned adversarial is that of the lowest-ranked target that fooled at
+    the earliest step, and ``first_success`` counts steps of the batched run (plus ``steps``
+    per earlier restart). With ``targeted=True`` the given labels are the targets and one run
+    is made per restart.
 
     Args:
         norm, steps, restarts, rho, momentum: as for :class:`APGD` (restarts per target).
@@ -236,22 +251,30 @@ class APGDT(APGD):
             return super().run(model, inputs, labels, eps, targeted=True, mask=mask, rng=rng)
         with torch.no_grad():
             logits = model(inputs)
-        ranked = logits.scatter(1, labels[:, None], float("-inf")).argsort(dim=1, descending=True)
         k = min(self.n_targets, logits.shape[1] - 1)
+        ranked = logits.scatter(1, labels[:, None], float("-inf")).argsort(dim=1, descending=True)[:, :k]
         n = inputs.shape[0]
         best = inputs.clone()
         first = torch.full((n,), -1, dtype=torch.long, device=inputs.device)
         alive = torch.arange(n, device=inputs.device)
-        for j in range(k):
+        for r in range(self.restarts):
             if not alive.numel():
                 break
-            m = select_mask(mask, alive)
-            out = self._runs(model, inputs[alive], labels[alive], ranked[alive, j], labels[alive], False, eps, m,
-                             subset(rng, alive), 100 * (j + 1))
-            assert out.first_success is not None
-            best[alive] = out.adversarials
-            # iterations count across targets, so that first_success orders samples by effort
-            first[alive] = torch.where(out.first_success >= 0, out.first_success + j * self.steps * self.restarts,
-                                       -1)
-            alive = alive[out.first_success < 0]
+            # one batch of rows = survivors x targets (sample-major), each row with the stream
+            # the sequential version gave that (sample, target, restart)
+            na = alive.numel()
+            rows = alive.repeat_interleave(k)
+            adv, it = self._once(model, inputs[rows], labels[rows], ranked[alive].reshape(-1), labels[rows], False,
+                                 eps, select_mask(mask, rows),
+                                 row_streams(subset(rng, alive), [100 * (j + 1) + r for j in range(k)]),
+                                 group=torch.arange(na, device=inputs.device).repeat_interleave(k))
+            won = (it >= 0).view(na, k)
+            broken = won.any(1)
+            # the adversarial of the first target (in rank order) that fooled the sample; a
+            # robust sample keeps the best-loss point of its last target, as in turn-by-turn runs
+            j = torch.where(broken, won.float().argmax(1), torch.full_like(alive, k - 1))
+            chosen = torch.arange(na, device=inputs.device) * k + j
+            best[alive] = adv[chosen]
+            first[alive] = torch.where(broken, it[chosen] + r * self.steps, -1)
+            alive = alive[~broken]
         return RunOutput(best, first)

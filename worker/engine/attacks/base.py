@@ -32,7 +32,7 @@ from ..errors import SpecError
 from ..params import ParamSchema
 from .losses import is_success
 from .norms import Norm
-from .rng import RandomSource, salted, subset
+from .rng import RandomSource, SampleSeeds, salted, sample_seed, subset
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -322,3 +322,12 @@ def keep_rows(keep: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
 def select_mask(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
     """The rows of a perturbation mask for the kept samples (a mask shared by the batch stays)."""
     return _select(mask, keep)
+
+
+def row_streams(source: RandomSource, salts: Sequence[int]) -> RandomSource:
+    """Streams for rows = samples x salts (sample-major), row (i, j) getting exactly the stream
+    ``salted(source, salts[j])`` gives sample i: batching targets or restarts into one batch
+    leaves every row's randomness as it was in turn-by-turn runs (a shared generator is kept)."""
+    if not isinstance(source, SampleSeeds):
+        return source
+    return SampleSeeds([sample_seed(int(s), salt) for s in source.seeds for salt in salts])

@@ -27,9 +27,9 @@ import math
 import torch
 
 from ..params import Param, ParamKind, ParamSchema
-from .base import Attack, Model, RunOutput, keep_rows, select_mask
+from .base import Attack, Model, RunOutput, keep_rows, row_streams, select_mask
 from .norms import Norm, _view
-from .rng import RandomSource, salted, subset
+from .rng import RandomSource, subset
 
 
 def box_projection(w: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: Norm
@@ -113,29 +113,39 @@ class FABT(Attack):
         best_norm = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
         first = torch.full((n,), -1, dtype=torch.long, device=x.device)
         alive = torch.arange(n, device=x.device)
-        runs = 0
-        for j in range(targets.shape[1]):
-            for r in range(self.restarts):
-                if not alive.numel():
-                    return RunOutput(best, first)
-                adv, size, it = self._once(model, x[alive], true[alive], targets[alive, j], labels[alive], targeted,
-                                           eps, select_mask(mask, alive), best_norm[alive],
-                                           salted(subset(rng, alive), 100 * j + r), random_start=r > 0)
-                better = size < best_norm[alive]
-                best[alive[better]] = adv[better]
-                best_norm[alive[better]] = size[better]
-                inside = best_norm[alive] <= eps
-                hit = inside & (first[alive] < 0)
-                first[alive[hit]] = it[hit] + runs * self.steps
-                alive = alive[~inside]
-                runs += 1
+        k = targets.shape[1]
+        for r in range(self.restarts):
+            if not alive.numel():
+                break
+            # one batch of rows = survivors x targets (sample-major); row (i, j) keeps the stream
+            # of (sample i, target j, restart r) and starts from sample i's best norm so far
+            na = alive.numel()
+            rows = alive.repeat_interleave(k)
+            adv, size, it = self._once(model, x[rows], true[rows], targets[alive].reshape(-1), labels[rows], targeted,
+                                       eps, select_mask(mask, rows), best_norm[rows],
+                                       row_streams(subset(rng, alive), [100 * j + r for j in range(k)]),
+                                       random_start=r > 0, group=torch.arange(na, device=x.device).repeat_interleave(k))
+            # per sample, the smallest adversarial over its targets (ties: the higher-ranked target)
+            pick = size.view(na, k).argmin(1)
+            chosen = torch.arange(na, device=x.device) * k + pick
+            better = size[chosen] < best_norm[alive]
+            best[alive[better]] = adv[chosen][better]
+            best_norm[alive[better]] = size[chosen][better]
+            its = it.view(na, k)
+            at = torch.where(its >= 0, its, self.steps + 1).amin(1)
+            inside = best_norm[alive] <= eps
+            hit = inside & (first[alive] < 0) & (at <= self.steps)
+            first[alive[hit]] = at[hit] + r * self.steps
+            alive = alive[~inside]
         return RunOutput(best, first)
 
     def _once(self, model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, crit: torch.Tensor,
               targeted: bool, eps: float, mask: torch.Tensor | None, best_so_far: torch.Tensor,
-              rng: RandomSource, *, random_start: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One FAB run towards targets ``t``: (smallest adversarial, its norm (inf: none), the
-        iteration at which one inside eps was found (-1: none))."""
+              rng: RandomSource, *, random_start: bool, group: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One FAB run towards targets ``t``, per row: (smallest adversarial, its norm (inf:
+        none), the iteration at which one inside eps was found (-1: none)). ``group`` maps rows
+        to samples: once a row has an adversarial inside eps, every row of its sample leaves."""
         ops, n = self.norm.ops, x0.shape[0]
         out, size = x0.clone(), torch.full((n,), math.inf, dtype=x0.dtype, device=x0.device)
         first = torch.full((n,), -1, dtype=torch.long, device=x0.device)
@@ -145,6 +155,7 @@ class FABT(Attack):
             start = ops.random(x0, radius, rng)
             xk = (x0 + (start if mask is None else start * mask)).clamp(0, 1)
         idx = torch.arange(n, device=x0.device)
+        gs = idx if group is None else group.to(x0.device)
         xs, ys, ts, cs, m = x0, y, t, crit, mask
         for i in range(self.steps):
             z = xk.detach().requires_grad_(True)
@@ -171,14 +182,15 @@ class FABT(Attack):
                 size[idx[better]] = dist[better]
                 first[idx[better & (dist <= eps) & (first[idx] < 0)]] = i + 1
                 xk = torch.where(adv.view(-1, 1, 1, 1), (1 - self.beta) * xs + self.beta * xk, xk)
-                # a sample with an adversarial inside the budget is done
-                keep = size[idx] > eps
-                if not bool(keep.all()):
+                # a sample with an adversarial inside the budget is done, all its rows with it
+                done = size[idx] <= eps
+                if bool(done.any()):
+                    keep = ~(done if group is None else torch.isin(gs, gs[done]))
                     idx = idx[keep]
                     if not idx.numel():
                         break
                     m = select_mask(m, keep)
-                    xs, ys, ts, cs, xk = keep_rows(keep, xs, ys, ts, cs, xk)
+                    xs, ys, ts, cs, gs, xk = keep_rows(keep, xs, ys, ts, cs, gs, xk)
         return out, size, first
 
     def _project(self, point: torch.Tensor, g: torch.Tensor, f: torch.Tensor, mask: torch.Tensor | None
