@@ -8,6 +8,7 @@ log) as it does, capture the page it would write, and write our body with that s
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -57,8 +58,20 @@ def json_error_response(status: int, reason: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+#: what a closing connection reads and discards (for at most gunicorn's 2 s) before it closes:
+#: an upload refused early (413) is still arriving, and closing with unread data would reset the
+#: connection and lose the answer; gunicorn's own 64 KiB is less than one upload's first second
+DRAIN_BYTES = 64 << 20
+
+
 class JsonErrorWorker(ThreadWorker):
     """``gthread`` with JSON error bodies; select it with ``worker_class`` in the gunicorn config."""
+
+    def init_process(self) -> None:
+        close_graceful = util.close_graceful
+        if not isinstance(close_graceful, functools.partial):  # this worker process's own gunicorn
+            util.close_graceful = functools.partial(close_graceful, max_drain=DRAIN_BYTES)  # type: ignore[assignment]
+        super().init_process()
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         # gthread reads bodies in blocking mode with no timeout: bound each socket operation
