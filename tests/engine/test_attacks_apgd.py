@@ -139,3 +139,27 @@ def test_make_attack_names():
     assert type(make_attack("apgd-ce", norm="l2")) is APGD
     assert type(make_attack("apgd-dlr")) is APGDDLR
     assert make_attack("apgd-t", n_targets=3).n_targets == 3
+
+
+def test_apgd_t_batched_targets_break_what_turn_by_turn_runs_break():
+    """All (sample, target) rows run as one batch; a sample falls iff one of its targets' own
+    runs (same stream, run alone) fools it, and its rows leave together once one does."""
+    from worker.engine.attacks.base import row_streams
+
+    clf, x, y = data(n=16, seed=3)
+    eps, k, steps = 0.005, 3, 10
+    atk = APGDT(norm="linf", steps=steps, n_targets=k)
+    rng = SampleSeeds(list(range(16)))
+    meter = CostMeter(clf)
+    out = atk.run(meter, x, y, eps, targeted=False, mask=None, rng=rng)
+    batched = out.first_success >= 0
+    with torch.no_grad():
+        ranked = clf(x).scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, :k]
+    alone = torch.zeros(16, dtype=torch.bool)
+    for j in range(k):  # each target on every sample, in its own batch, with the batched row's stream
+        _, it = atk._once(clf, x, y, ranked[:, j], y, False, eps, None, row_streams(rng, [100 * (j + 1)]))
+        alone |= it >= 0
+    assert 0 < int(batched.sum()) < 16  # the case is not trivial
+    assert torch.equal(batched, alone)
+    # rows of broken samples left early: fewer passes than every row running all steps
+    assert meter.backward_samples < 16 * k * steps

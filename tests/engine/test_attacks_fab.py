@@ -119,3 +119,32 @@ def test_agrees_with_torchattacks_fab_multi_targeted(norm, eps):
         theirs = clf(theirs_attack(x, y)).argmax(1).eq(y).double().mean().item()
     assert 0.03 < theirs < 0.9
     assert abs(ours - theirs) <= 0.034, (ours, theirs)  # 2 of 60 samples
+
+
+def test_batched_targets_find_what_turn_by_turn_runs_find():
+    """All (sample, target) rows run as one batch: a sample gets an adversarial inside eps iff
+    one of its targets' own runs (same stream, run alone) finds one, and what it returns is
+    inside the ball."""
+    from worker.engine.attacks.base import row_streams
+
+    clf = tiny_classifier()
+    x = random_samples(20).prepared(clf.card)
+    with torch.no_grad():
+        z = clf(x)
+    y = z.argmax(1)
+    eps, k = 0.005, 3
+    atk = FABT(norm="linf", steps=10, n_targets=k)
+    rng = SampleSeeds(range(20))
+    out = atk.run(clf, x, y, eps, targeted=False, mask=None, rng=rng)
+    found = out.first_success >= 0
+    ranked = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, :k]
+    alone = torch.zeros(20, dtype=torch.bool)
+    inf = torch.full((20,), float("inf"))
+    for j in range(k):
+        _, size, _ = atk._once(clf, x, y, ranked[:, j], y, False, eps, None, inf, row_streams(rng, [100 * j]),
+                               random_start=False)
+        alone |= size <= eps
+    assert 0 < int(found.sum()) < 20
+    assert torch.equal(found, alone)
+    norms = (out.adversarials - x).flatten(1).abs().amax(1)
+    assert (norms[found] <= eps + 1e-6).all()
