@@ -6,8 +6,8 @@ w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03
 sample where either fewer than rho = 0.75 of the steps since the last checkpoint raised the
 loss, or the step was not halved at the last checkpoint and the best loss has not improved
 since; such a sample restarts from its best point. Steps carry momentum 0.75. Losses: cross-
-entropy and the difference of logits ratio (DLR); APGD-T runs the targeted DLR towards each
-of the top-k other classes of the clean image in turn, each run only on what is still robust.
+entropy and the difference of logits ratio (DLR); APGD-T runs the targeted DLR towards the
+top-k other classes of the clean image, all (sample, target) pairs as one batch.
 
 Per-sample early exit: a sample leaves the batch as soon as an iterate fools the model, so
 a fallen sample costs no more passes. Random starts come from the per-sample streams.

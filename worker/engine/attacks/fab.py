@@ -10,9 +10,12 @@ second term keeps the iterate close to x_0. Once an iterate is adversarial it is
 pulled back towards x_0: x_k <- (1 - beta) x_0 + beta x_k.
 
 Here FAB-T is a fixed-budget attack (as in AutoAttack): it aims at the top-k other classes of
-the clean image in turn, each run only on the samples without an adversarial inside the
-budget yet, and a sample leaves as soon as it has one; it returns the smallest adversarial
-found, which the base projects and re-checks.
+the clean image, all (sample, target) pairs of a restart as one batch of rows (each row with
+the stream of its sample, target and restart), and a sample's rows all leave as soon as one
+has an adversarial inside the budget; which samples get one is what running the targets in
+turn gives. It returns the smallest adversarial found over the sample's rows, which the base
+projects and re-checks. With several restarts, restart r runs every target of the samples
+still without one (the turn-by-turn order was targets outer, restarts inner).
 
 The box-constrained projection onto a hyperplane has a closed form per sample: each pixel
 moves towards the hyperplane as far as a common multiplier allows (L2: proportional to its
@@ -70,7 +73,7 @@ class FABT(Attack):
         steps: iterations per target and restart (100 in AutoAttack).
         restarts: runs per target; the first starts at the clean image, later ones at a random
             point at half the smaller of eps and the best norm so far.
-        n_targets: top other classes aimed at, in turn (9 in AutoAttack; clamped to classes - 1).
+        n_targets: top other classes aimed at, together (9 in AutoAttack; clamped to classes - 1).
         alpha_max: largest weight of the step from the original image.
         eta: overshoot of the projections (> 1 lands beyond the linearised boundary).
         beta: pull-back towards the original image after a success.
