@@ -82,7 +82,8 @@ def run_job(sandbox: Sandbox, job: SandboxJob, **kwargs: Any) -> dict[str, Any]:
         raise SandboxRefused(exc.code, exc.message) from None
     if outcome.error is not None:
         error = outcome.error
-        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        raw_details = error.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
         if error["code"] in ("internal_error", "cancelled"):
             raise SandboxRefused(error["code"], error["message"])
         raise SandboxedInputError(error["code"], error["message"], **details)

@@ -106,7 +106,7 @@ def hostile(tmp_path_factory):
         "card_100k_deep": (DEMO / "digits_cnn.pt", deep),
         "demo_ok": (DEMO / "digits_cnn.pt", ts_card),
     }
-    for name, (_, card) in cases.items():
+    for _, card in cases.values():
         if isinstance(card, dict) and card.get("class_names", 0) is None:
             del card["class_names"]
     return root, victim, markers, {k: {"file": str(f), "card": c} for k, (f, c) in cases.items()}
