@@ -166,13 +166,15 @@ def bwrap_command(job: SandboxJob, message_fd: int, *, hide: tuple[Path, ...] = 
     if os.geteuid() == 0:
         cmd += ["--cap-drop", "ALL"]
     hidden = _hidden_paths(hide)
-    for p in hidden:
-        cmd += ["--tmpfs", str(p)]
-    for p in _code_paths():  # after the tmpfs mounts: code that lives under a hidden folder comes back
-        if p not in hidden and p != Path("/"):  # (a script's own folder on sys.path may be /tmp itself)
-            cmd += ["--ro-bind-try", str(p), str(p)]
-    for root in job.data_roots:
-        cmd += ["--ro-bind-try", str(root), str(root)]
+    shown = [p for p in (*_code_paths(), *(Path(r).resolve() for r in job.data_roots))
+             if p not in hidden and p != Path("/")]  # (a script's own folder on sys.path may be /tmp itself)
+    # Shallower paths first, so each mount lands on top of its parent's: the code under a hidden
+    # /tmp comes back, and the service home inside a code folder (./var) stays hidden, which a
+    # bind of the whole folder made after its tmpfs would undo.
+    mounts = sorted([(p, "--tmpfs") for p in hidden] + [(p, "--ro-bind-try") for p in dict.fromkeys(shown)],
+                    key=lambda m: (len(m[0].parts), m[1] == "--tmpfs"))
+    for path, how in mounts:
+        cmd += [how, str(path)] if how == "--tmpfs" else [how, str(path), str(path)]
     cmd += ["--dir", SANDBOX_IN]
     for name, src in sorted(job.inputs.items()):
         cmd += ["--ro-bind", str(src), f"{SANDBOX_IN}/{name}"]

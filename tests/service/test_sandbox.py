@@ -280,3 +280,32 @@ def test_a_child_over_its_resident_memory_limit_is_killed(monkeypatch, tmp_path)
     with pytest.raises(SandboxFailed, match="more than 400 MB") as info:
         Sandbox(SandboxMode.BWRAP, limits).run(SandboxJob("check_model", {}, inputs={"hog.py": script}))
     assert info.value.code == "sandbox_limit"
+
+
+def test_a_service_home_inside_the_code_folder_stays_hidden(probe_child, tmp_path, monkeypatch):
+    """The embedded default keeps its store and storage in ./var, inside the repository that the
+    sandbox binds back read-only: the home's tmpfs must land on top of that bind."""
+    import shutil
+    import uuid
+
+    home = Path(sandbox_mod.__file__).resolve().parents[1] / "var" / f"sandbox-test-{uuid.uuid4().hex[:8]}"
+    storage = home / "storage"
+    try:
+        (storage / "models").mkdir(parents=True)
+        store_file = home / "store.sqlite"
+        store_file.write_bytes(b"SQLite format 3\0")
+        other = storage / "models" / "other-tenant.pt"
+        other.write_bytes(b"secret weights")
+        monkeypatch.setattr(sandbox_mod.Sandbox, "_paths", lambda self, job: {
+            "target": str(store_file), "marker": str(home / "marker"), "store": str(store_file),
+            "other_model": str(other), "storage": str(storage)})
+        job = SandboxJob("probe", {}, inputs={"model.pt": DEMO / "digits_cnn.pt", "probe.py": probe_child},
+                         data_roots=(storage / "data",))
+        got = Sandbox(SandboxMode.BWRAP, SandboxLimits(memory_mb=1024, wall_s=60), hide=(home, storage)).run(job).result
+        assert got is not None
+        for name in ("write_target", "read_store", "read_other_model"):
+            assert got[name][0] == "refused", (name, got[name])
+        assert got["list_storage"] == ["ok", "[]"]  # an empty tmpfs (a marker written there stays in it)
+        assert store_file.read_bytes() == b"SQLite format 3\0" and not (home / "marker").exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
