@@ -27,6 +27,9 @@ from .store.models import Model, ModelKind
 
 #: a card is a small JSON object: bounded before it is parsed
 MAX_CARD_BYTES = 4 * 1024 * 1024
+#: (sha256, card digest, kind, sandbox mode) of uploads this process has checked in the sandbox:
+#: the check depends on the content alone, so the same content is not checked twice
+_seen: set[tuple[str, str, str, str]] = set()
 
 
 def parse_card(raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER) -> dict[str, Any]:
@@ -83,6 +86,3 @@ def register_model(session: Session, storage: Storage, config: Config, *, tenant
     session.flush()
     return model, True
 
-
-#: (sha256, card digest, kind, sandbox mode) of uploads this process checked in the sandbox
-_seen: set[tuple[str, str, str, str]] = set()

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import SpecError
 from ..params import Param, ParamKind, ParamSchema
-from .base import Attack, Model, RunOutput
+from .base import Attack, Model, RunOutput, select_mask
 from .losses import Loss, is_success
 from .rng import RandomSource, salted, subset
 
@@ -78,7 +78,7 @@ class PGD(Attack):
         for r in range(self.restarts):
             if not alive.numel():
                 break
-            m = mask if mask is None or mask.shape[0] == 1 else mask[alive]
+            m = select_mask(mask, alive)
             # The last restart leaves its final iterate to the base's re-check: one forward saved.
             adv, it = self._once(model, inputs[alive], labels[alive], eps, targeted, m,
                                  salted(subset(rng, alive), r), check_last=r < self.restarts - 1)
