@@ -357,24 +357,43 @@ class Sandbox:
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants, in MB (0 for processes that are gone)."""
-    total_kb, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    total_kb = 0
+    for p in _process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
                         total_kb += int(line.split()[1])
                         break
+        except (OSError, ValueError):
+            continue
+    return total_kb / 1024
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants, parents first."""
+    tree, todo, seen = [], [pid], set()
+    while todo:
+        p = todo.pop(0)
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo.extend(int(c) for c in f.read().split())
         except (OSError, ValueError):
             continue
-    return total_kb / 1024
+        tree.append(p)
+    return tree
+
+
+def _has_exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _parse(line: bytes) -> dict[str, Any]:
@@ -393,17 +412,27 @@ def _is_error(error: Any) -> bool:
 
 
 def _kill(proc: subprocess.Popen[bytes], grace_s: float = 0.0) -> None:
-    """The child and everything it started (its own session) are gone when this returns."""
+    """The child and everything it started are gone when this returns.
+
+    bwrap's ``--new-session`` puts the sandboxed process in a session of its own, so the
+    process group of ``proc`` does not reach it, and ``--die-with-parent`` only signals it
+    some time later: every descendant is killed by pid and waited for, so that nothing it
+    still writes (a checkpoint, an artifact) lands after this returns.
+    """
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         pass
-    if proc.poll() is None:
+    tree = _process_tree(proc.pid) if proc.poll() is None else []
+    for pid in tree:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
     proc.wait()
+    deadline = time.monotonic() + 10.0
+    while any(not _has_exited(pid) for pid in tree[1:]) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _death_message(returncode: int, stderr: str, limits: SandboxLimits) -> str:

@@ -1,0 +1,49 @@
+"""Numbers written for people: eps as the fraction a person reads (8/255), no float noise.
+
+Machine-readable outputs (report.json, metric keys) keep the exact floats; everything a
+person reads (summaries, report.html, plot labels, gate results in words) goes through here.
+"""
+
+from __future__ import annotations
+
+import math
+
+def fmt_eps(eps: float) -> str:
+    """``8/255`` for 0.031372549, ``0.5`` for 0.5, ``0.03`` for 0.03; else 4 significant digits."""
+    if not math.isfinite(eps) or eps == 0:
+        return fmt_num(eps)
+    if _is_multiple(eps, 1000):  # a short decimal: 0.1, 0.03, 0.5, 1
+        return fmt_num(eps)
+    if _is_multiple(eps, 255):  # pixel levels of an 8-bit image
+        return f"{round(eps * 255)}/255"
+    return fmt_num(eps)
+
+
+def _is_multiple(x: float, den: int) -> bool:
+    num = x * den
+    return abs(num - round(num)) < 1e-6 * max(1.0, abs(num))
+
+
+def fmt_num(x: float | int | None, digits: int = 4) -> str:
+    """``0.36`` for 0.36000000000000004: ``digits`` significant digits, no trailing zeros."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    text = f"{x:.{digits}g}"
+    if "e" in text:
+        return text
+    return text
+
+
+def fmt_pct(x: float | None, digits: int = 1) -> str:
+    """``36.0%`` for 0.36."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{100 * x:.{digits}f}%"
