@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+
 def fmt_eps(eps: float) -> str:
     """``8/255`` for 0.031372549, ``0.5`` for 0.5, ``0.03`` for 0.03; else 4 significant digits."""
     if not math.isfinite(eps) or eps == 0:
