@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..metrics import Unit, metric
+from ..metrics import Unit, metric, proportion
 from ..params import Param, ParamKind, ParamSchema
 from ..samples import SampleSet
 from .base import Partial, Suite, SuiteContext, SuiteResult, Warning_
@@ -78,8 +78,8 @@ class CleanSuite(Suite):
         k = partial["k"]
         bins = params["ece_bins"]
         metrics = {
-            "top1": metric(_mean([r["correct"] for r in records]), Unit.FRACTION, n, "top-1 accuracy"),
-            "top5": metric(_mean([r["in_topk"] for r in records]), Unit.FRACTION, n,
+            "top1": proportion(_mean([r["correct"] for r in records]), n, "top-1 accuracy"),
+            "top5": proportion(_mean([r["in_topk"] for r in records]), n,
                            f"top-{k} accuracy (k = min(5, number of classes))", k=k),
             "mean_confidence": metric(_mean([r["confidence"] for r in records]), Unit.FRACTION, n,
                                       "mean of the maximum softmax probability"),
@@ -89,7 +89,7 @@ class CleanSuite(Suite):
             "nll": metric(_mean([r["nll"] for r in records]), Unit.NATS, n,
                           "mean negative log-likelihood of the true class"),
             "per_class": {
-                names[c]: metric(_mean(hits), Unit.FRACTION, len(hits), f"top-1 accuracy on class {names[c]!r}")
+                names[c]: proportion(_mean(hits), len(hits), f"top-1 accuracy on class {names[c]!r}")
                 for c, hits in sorted(_by_class(records).items())
             },
         }

@@ -10,7 +10,7 @@ import torch
 
 from ...attacks import IterativeLoss
 from ...classifier import Classifier
-from ...metrics import Unit, metric
+from ...metrics import Unit, metric, proportion
 from .common import Record, in_batches, median, seeds_for
 
 #: a pixel counts as changed (L0) when some channel moved by more than this
@@ -52,7 +52,7 @@ def outcome_metrics(runs: list[Record | None], what: str) -> dict[str, Any]:
     done = [r for r in runs if r is not None]
     hits = [r for r in done if r["success"]]
     n, k = len(done), len(hits)
-    out = {"success_rate": metric(k / n if n else None, Unit.FRACTION, n, f"share of attacked samples fooled ({what})")}
+    out = {"success_rate": proportion(k / n if n else None, n, f"share of attacked samples fooled ({what})")}
     for key, unit, label in (("l0", Unit.FRACTION, f"share of pixels changed (a pixel counts when a channel moved "
                                                      f"by > {L0_TOLERANCE:g})"),
                              ("l2", Unit.L2, "L2 norm"), ("linf", Unit.LINF, "L-inf norm")):

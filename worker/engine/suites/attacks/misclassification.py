@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...metrics import Unit, metric
+from ...metrics import proportion
 from .common import Record, share
 from .params import budgets
 
@@ -28,16 +28,16 @@ def misclassification_metrics(records: list[Record], params: dict[str, Any], cla
         hits = landings(records, norm, len(budgets(params, norm)))
         n = len(hits)
         part = {
-            "top3": metric(share([c in r["topk"][:3] for r, c in hits]), Unit.FRACTION, n,
+            "top3": proportion(share([c in r["topk"][:3] for r, c in hits]), n,
                            f"share of untargeted {norm} successes (all budgets pooled) whose adversarial class is "
                            "in the clean top-3 of the source image"),
-            "top5": metric(share([c in r["topk"][:5] for r, c in hits]), Unit.FRACTION, n,
+            "top5": proportion(share([c in r["topk"][:5] for r, c in hits]), n,
                            f"share of untargeted {norm} successes whose adversarial class is in the clean top-5 "
                            f"(top-{min(5, len(class_names))})"),
         }
         same = [hierarchy.get(class_names[c]) is not None
                 and hierarchy.get(class_names[c]) == hierarchy.get(class_names[r["label"]]) for r, c in hits]
-        part["same_group"] = metric(share(same) if hierarchy else None, Unit.FRACTION, n if hierarchy else 0,
+        part["same_group"] = proportion(share(same) if hierarchy else None, n if hierarchy else 0,
                                     f"share of untargeted {norm} successes whose adversarial class is in the "
                                     "source class's group" + ("" if hierarchy else
                                                               " (null: the model card has no hierarchy)"))

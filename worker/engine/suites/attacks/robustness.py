@@ -13,7 +13,7 @@ import torch
 from ...attacks import Attack, AttackResult, make_attack
 from ...attacks.eot import EoT
 from ...classifier import Classifier
-from ...metrics import Unit, metric
+from ...metrics import Unit, metric, proportion
 from .common import Record, in_batches, median, seeds_for, share
 from .params import attacks_for, budgets, eps_key
 
@@ -185,7 +185,7 @@ def robustness_metrics(records: list[Record], params: dict[str, Any], class_name
         eps = budgets(params, norm)
         names = attacks_for(params, norm)
         flags = [robust_flags(r, norm, len(eps), names) for r in records]
-        robust[norm] = {eps_key(e): metric(share([f[b] for f in flags]), Unit.FRACTION, n,
+        robust[norm] = {eps_key(e): proportion(share([f[b] for f in flags]), n,
                                            f"robust accuracy under {norm} eps={e:g}: share of samples correctly "
                                            f"classified and not fooled by any of {names}", eps=e, attacks=names)
                         for b, e in enumerate(eps)}
@@ -200,7 +200,7 @@ def robustness_metrics(records: list[Record], params: dict[str, Any], class_name
             for b, e in enumerate(eps):
                 hits = [r["attacks"][norm]["success"] is not None
                         and not any(r["attacks"][norm]["success"][u][b] for u in upto) for r in records]
-                per_attack[norm][a][eps_key(e)] = metric(share(hits), Unit.FRACTION, n, f"{what}, {norm} eps={e:g}",
+                per_attack[norm][a][eps_key(e)] = proportion(share(hits), n, f"{what}, {norm} eps={e:g}",
                                                          eps=e, attack=a, cumulative=bool(params["cascade"]))
         if params["minimal"] != "none":
             minimal[norm] = minimal_metrics(records, norm, params["minimal"], class_names)
@@ -236,7 +236,7 @@ def minimal_metrics(records: list[Record], norm: str, method: str, class_names: 
         "median": metric(median(vals), unit, len(vals), f"median minimal {norm} perturbation over correctly "
                          f"classified samples ({method}; a sample with none found counts as infinite)",
                          method=method),
-        "found": metric(share([math.isfinite(v) for v in vals]), Unit.FRACTION, len(vals),
+        "found": proportion(share([math.isfinite(v) for v in vals]), len(vals),
                         f"share of correctly classified samples for which {method} found an adversarial"),
         "per_class": per_class,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from ...metrics import Unit, metric
+from ...metrics import Unit, metric, proportion
 from .common import Record, median, share
 from .params import attacks_for, budgets, eps_key
 from .robustness import UNIT, minimal_norms, robust_flags
@@ -55,7 +55,7 @@ def suitability_metrics(records: list[Record], params: dict[str, Any]) -> tuple[
         eps, names = budgets(params, norm), attacks_for(params, norm)
         fl = [robust_flags(r, norm, len(eps), names) for r in clean]
         unflagged["robust_accuracy"][norm] = {
-            eps_key(e): metric(share([f[b] for f in fl]), Unit.FRACTION, m,
+            eps_key(e): proportion(share([f[b] for f in fl]), m,
                                f"robust accuracy under {norm} eps={e:g} on unflagged images only", eps=e)
             for b, e in enumerate(eps)}
         if params["minimal"] != "none":

@@ -31,7 +31,8 @@ def summary(values: list[float], indices: torch.Tensor, description: str, **extr
         low, high = float(q[0]), float(q[1])
     resamples = int(indices.shape[0])
     return {
-        "mean": metric(mean, Unit.FRACTION, n, f"{description}: mean over images", **extra),
+        "mean": metric(mean, Unit.FRACTION, n, f"{description}: mean over images",
+                       ci95=None if low is None else [low, high], ci95_method="percentile bootstrap", **extra),
         "median": metric(median, Unit.FRACTION, n, f"{description}: median over images", **extra),
         "ci95_low": metric(low, Unit.FRACTION, n, f"{description}: lower end of the 95% percentile bootstrap "
                            "interval of the mean over images", resamples=resamples, **extra),

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ...metrics import Unit, metric
+from ...metrics import Unit, metric, proportion
 from ...samples import SampleSet
 from ..base import SuiteContext
 from .common import Progress, mean, predictions
@@ -55,7 +55,7 @@ def metrics(records: dict[str, dict[str, list[bool]]], clean: dict[str, Any], pa
         sev_acc = []
         for j, s in enumerate(sev):
             acc = mean(records[i][name][j] for i in ids)
-            per[f"s{s}"] = metric(acc, Unit.FRACTION, n, f"top-1 accuracy under {name} at severity {s}",
+            per[f"s{s}"] = proportion(acc, n, f"top-1 accuracy under {name} at severity {s}",
                                   corruption=name, severity=s)
             if acc is not None:
                 sev_acc.append(acc)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...generators import GeneratorError, LoadedGenerator, load_generator
-from ...metrics import Unit, metric
+from ...metrics import Unit, metric, proportion
 from ...samples import SampleSet
 from ..base import SuiteContext, Warning_
 from .common import Progress, label, median
@@ -215,14 +215,14 @@ def metrics(part: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         if "fixed" in params["modes"]:
             entry["success_rate"] = {
-                label("eps", e): metric(_rate([r["fixed"][j] for r in rows]), Unit.FRACTION, n,
+                label("eps", e): proportion(_rate([r["fixed"][j] for r in rows]), n,
                                         f"share of seeds whose class a perturbation of layer {layer!r} with "
                                         f"||p||_2 <= {e:g} (spread units) flips", eps=e, layer=layer)
                 for j, e in enumerate(params["eps"])}
         if "growing" in params["modes"]:
             hits = [r["eps_at_success"] for r in rows if r["eps_at_success"] is not None]
-            entry["growing_success_rate"] = metric(_rate([r["eps_at_success"] is not None for r in rows]),
-                                                   Unit.FRACTION, n, f"share of seeds flipped at layer {layer!r} "
+            entry["growing_success_rate"] = proportion(_rate([r["eps_at_success"] is not None for r in rows]),
+                                                   n, f"share of seeds flipped at layer {layer!r} "
                                                    f"within eps <= {params['max_eps']:g}", layer=layer)
             how = "growing mode: the budget in force at the first success"
         else:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ...metrics import Unit, metric
+from ...metrics import proportion
 from ...samples import SampleSet
 from ..base import SuiteContext
 from .common import Progress, mean, predictions
@@ -50,17 +50,17 @@ def metrics(records: dict[str, dict[str, list[bool]]], params: dict[str, Any]) -
     g, s = transforms(params)
     out: dict[str, Any] = {"transforms": {}, "scale": {}}
     for j, t in enumerate(g):
-        out["transforms"][t.key] = metric(mean(records[i]["grid"][j] for i in ids), Unit.FRACTION, n,
+        out["transforms"][t.key] = proportion(mean(records[i]["grid"][j] for i in ids), n,
                                           f"top-1 accuracy after rotating {t.angle:g} degrees and shifting "
                                           f"({t.tx:g}, {t.ty:g}) px", angle=t.angle, tx=t.tx, ty=t.ty)
-    out["worst_case"] = metric(mean(all(records[i]["grid"]) for i in ids), Unit.FRACTION, n,
+    out["worst_case"] = proportion(mean(all(records[i]["grid"]) for i in ids), n,
                                f"share of samples classified correctly under every one of the {len(g)} "
                                "rotation x translation transforms", transforms=len(g))
     for j, t in enumerate(s):
-        out["scale"][t.key] = metric(mean(records[i]["scales"][j] for i in ids), Unit.FRACTION, n,
+        out["scale"][t.key] = proportion(mean(records[i]["scales"][j] for i in ids), n,
                                      f"top-1 accuracy after scaling by {t.scale:g} about the centre", scale=t.scale)
     if s:
-        out["scale_worst_case"] = metric(mean(all(records[i]["scales"]) for i in ids), Unit.FRACTION, n,
+        out["scale_worst_case"] = proportion(mean(all(records[i]["scales"]) for i in ids), n,
                                          "share of samples classified correctly at every scale")
     return out
 
