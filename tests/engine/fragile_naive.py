@@ -1,6 +1,6 @@
 """A plain reference implementation of the fragile suite's maps: Python loops over crops and cells.
 
-It shares no code with the engine's batched path; it follows SUITES.md section 1 literally.
+It shares no code with the engine's batched path; it follows docs/suites/fragile.md literally.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unbounded iterative attacks that differ only in their objective (SUITES.md 2f).
+"""Unbounded iterative attacks that differ only in their objective (docs/suites/attacks.md, 2f).
 
 Ozbulak et al. (PRL 2020) compare the loss an attack follows at an equal step size and
 iteration cap: cross-entropy with an L2 penalty (the L-BFGS objective), the sign of the

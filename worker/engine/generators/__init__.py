@@ -1,4 +1,4 @@
-"""Class-conditional generators for the generator-layer perturbation suite (SUITES.md 3a).
+"""Class-conditional generators for the generator-layer perturbation suite (docs/suites/perturbation.md, 3a).
 
 Each architecture is a plain :class:`torch.nn.Module` with ``forward(z, y) -> images`` in
 [0, 1], ``sample_latents(n, generator=)`` and named submodules to perturb, listed coarse to

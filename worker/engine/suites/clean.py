@@ -1,4 +1,4 @@
-"""Suite ``clean`` (SUITES.md section 0): accuracy and calibration on the unmodified images.
+"""Suite ``clean`` (docs/suites/clean.md): accuracy and calibration on the unmodified images.
 
 Its per-sample records (prediction, top-k, confidence, margin) are published as
 ``ctx.shared["clean"]`` for the other suites.

@@ -1,4 +1,4 @@
-"""Suite ``attacks``: adversarial robustness (SUITES.md section 2, parts 2a-2d and sanity flags)."""
+"""Suite ``attacks``: adversarial robustness (docs/suites/attacks.md, parts 2a-2d and sanity flags)."""
 
 from .suite import AttacksSuite
 

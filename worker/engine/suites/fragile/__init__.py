@@ -1,4 +1,4 @@
-"""Suite ``fragile``: fragile recognition images (SUITES.md section 1)."""
+"""Suite ``fragile``: fragile recognition images (docs/suites/fragile.md)."""
 
 from .suite import FragileSuite
 

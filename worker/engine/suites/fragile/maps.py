@@ -1,4 +1,4 @@
-"""FRI maps from correctness maps, with tensor operations only (SUITES.md section 1, steps 4-5).
+"""FRI maps from correctness maps, with tensor operations only (docs/suites/fragile.md, steps 4-5).
 
 A map holds +1 where a correct cell is fragile (correct -> incorrect), -1 where an
 incorrect cell is (incorrect -> correct), and 0 elsewhere.

@@ -8,7 +8,7 @@ from ...params import Param, ParamKind, ParamSchema
 
 
 class FriType(str, Enum):
-    """The four kinds of fragile recognition image (SUITES.md section 1, steps 4 and 5)."""
+    """The four kinds of fragile recognition image (docs/suites/fragile.md, steps 4 and 5)."""
 
     LOOSE_SHIFT = "loose_shift"
     STRICT_SHIFT = "strict_shift"
@@ -64,7 +64,7 @@ PARAMS = ParamSchema((
 
 
 def region_side(r: float, height: int, width: int) -> int:
-    """Odd region side l = 2*floor(r*min(H, W)/2) + 1 (SUITES.md section 1, step 1)."""
+    """Odd region side l = 2*floor(r*min(H, W)/2) + 1 (docs/suites/fragile.md, step 1)."""
     # Rounded first so that e.g. 0.58 * 50 (28.999999999999996 in floating point) counts as 29.
     return 2 * int(round(r * min(height, width), 9) / 2) + 1
 

@@ -1,4 +1,4 @@
-"""Suite ``fragile`` (SUITES.md section 1): fragile recognition images.
+"""Suite ``fragile`` (docs/suites/fragile.md): fragile recognition images.
 
 Per shard: for each region fraction r, every image's C_l and C_{l-2} crops are classified in
 "waves" of whole images (full batches across image and side boundaries, one host transfer

@@ -1,1 +1,1 @@
-"""Suite ``perturbation`` (SUITES.md 3): generator layers (3a), corruptions (3b), geometric (3c)."""
+"""Suite ``perturbation`` (docs/suites/perturbation.md): generator layers (3a), corruptions (3b), geometric (3c)."""

@@ -2,7 +2,7 @@
 
 A seed is (sample id, k): its latent comes from a generator seeded by the audit seed, the
 sample id and k, and its class is the sample's label, so a seed is the same in every shard.
-Seeds the model does not classify as their class are dropped (SUITES.md 3a, step 1).
+Seeds the model does not classify as their class are dropped (docs/suites/perturbation.md, 3a, step 1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Suite ``perturbation`` (SUITES.md section 3): generator-layer feature perturbations (3a),
+"""Suite ``perturbation`` (docs/suites/perturbation.md): generator-layer feature perturbations (3a),
 common corruptions (3b) and geometric transforms (3c).
 
 Each part is switched on and configured by its own parameter object. The partial holds
