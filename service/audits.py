@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from worker.engine.card import ModelCard
 from worker.engine.datasets import DataRoots
 from worker.engine.errors import SpecError
-from worker.engine.runner import check_placeholder_gates
+from worker.engine.gates import check_placeholder_gates
 from worker.engine.spec import AuditSpec
 
+from .lifecycle import cancel
 from .sandboxing import input_name
 from .store.models import Audit, AuditStatus, Model, ModelKind, utcnow
 
@@ -194,16 +195,11 @@ def create_audit(session: Session, *, tenant: str, model: Model, request: dict[s
     return audit
 
 
-def cancel_audit(audit: Audit) -> None:
-    """A queued audit is cancelled at once; a running one is flagged and stops at its next batch."""
-    status = AuditStatus(audit.status)
-    if status.finished:
-        return
-    audit.cancel_requested = True
-    if status is AuditStatus.QUEUED:
-        audit.status = AuditStatus.CANCELLED.value
-        audit.finished_at = utcnow()
-        audit.error = {"code": "cancelled", "message": "cancelled before it started"}
+def cancel_audit(session: Session, audit: Audit) -> None:
+    """A queued audit is cancelled at once; a running one is flagged and stops at its next batch
+    (:func:`service.lifecycle.cancel`); ``audit`` is refreshed to what the store now holds."""
+    cancel(session, audit.id)
+    session.refresh(audit)
 
 
 def headline_metrics(report: Mapping[str, Any] | None) -> dict[str, float | None]:

@@ -80,6 +80,10 @@ class Config:
         max_attempts: how many times a dead worker's audit is requeued before it fails.
         visibility_timeout_s: Redis redelivers an unacknowledged message after this long.
         beat_interval_s: how often ``robustaudit beat`` ticks (schedules and the reaper).
+        redispatch_s: an audit queued and unclaimed this long (or running with a shard whose
+            holder died) is sent to the broker again by the beat (``ROBUSTAUDIT_REDISPATCH_S``).
+        fanout: how many workers share one audit at most: copies of its task sent at submit
+            (``ROBUSTAUDIT_FANOUT``; never more than the audit has shards).
         device: device for audits ("auto", "cpu", "cuda", "cuda:N").
         shard_size: samples per shard; each finished shard is checkpointed, so a killed
             worker's audit resumes from its last finished shard.
@@ -110,6 +114,8 @@ class Config:
     max_attempts: int = 3
     visibility_timeout_s: float = 3 * 3600.0
     beat_interval_s: float = 60.0
+    redispatch_s: float = 300.0
+    fanout: int = 2
     device: str = "auto"
     shard_size: int = 256
     plugins: tuple[str, ...] = ()
@@ -139,6 +145,8 @@ class Config:
             max_attempts=int(_number(env, "MAX_ATTEMPTS", 3)),
             visibility_timeout_s=_number(env, "VISIBILITY_TIMEOUT_S", 3 * 3600.0),
             beat_interval_s=_number(env, "BEAT_INTERVAL_S", 60.0),
+            redispatch_s=_number(env, "REDISPATCH_S", 300.0),
+            fanout=int(_number(env, "FANOUT", 2)),
             device=env.get(PREFIX + "DEVICE") or "auto",
             shard_size=int(_number(env, "SHARD_SIZE", 256)),
             plugins=tuple(p.strip() for p in env.get(PREFIX + "PLUGINS", "").split(",") if p.strip()),
@@ -168,7 +176,8 @@ class Config:
             "MAX_UPLOAD_MB": repr(self.max_upload_mb), "SOFT_TIME_LIMIT_S": repr(self.soft_time_limit_s),
             "HEARTBEAT_S": repr(self.heartbeat_s), "HEARTBEAT_TIMEOUT_S": repr(self.heartbeat_timeout_s),
             "MAX_ATTEMPTS": str(self.max_attempts), "VISIBILITY_TIMEOUT_S": repr(self.visibility_timeout_s),
-            "BEAT_INTERVAL_S": repr(self.beat_interval_s), "DEVICE": self.device,
+            "BEAT_INTERVAL_S": repr(self.beat_interval_s), "REDISPATCH_S": repr(self.redispatch_s),
+            "FANOUT": str(self.fanout), "DEVICE": self.device,
             "SHARD_SIZE": str(self.shard_size),
             "PLUGINS": ",".join(self.plugins), "SANDBOX": self.sandbox,
             "SANDBOX_MEMORY_MB": str(self.sandbox_memory_mb), "UPLOAD_CHECK_S": repr(self.upload_check_s),

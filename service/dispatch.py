@@ -7,6 +7,9 @@ from typing import Protocol
 
 from celery import Celery
 
+from .lifecycle import mark_dispatched
+from .store import Store
+
 QUEUE = "gpu"
 TASK_RUN_AUDIT = "robustaudit.run_audit"
 
@@ -15,6 +18,14 @@ class Dispatcher(Protocol):
     """Something that hands an audit id to a worker."""
 
     def send(self, audit_id: str) -> None: ...
+
+
+def send_audit(dispatcher: Dispatcher, store: Store, audit_id: str, *, copies: int = 1) -> None:
+    """Send ``copies`` messages for the audit (each worker that takes one joins it) and record
+    when, so the beat's re-dispatch waits a full interval before it sends again."""
+    for _ in range(max(1, copies)):
+        dispatcher.send(audit_id)
+    mark_dispatched(store, audit_id)
 
 
 class CeleryDispatcher:

@@ -1,4 +1,5 @@
-"""The beat: each tick enqueues the audits of due schedules and reaps audits whose worker died.
+"""The beat: each tick enqueues the audits of due schedules, reaps audits whose workers all died,
+and sends again what the broker may have lost (:func:`service.lifecycle.due_for_redispatch`).
 
 Run by ``robustaudit beat`` as a small loop of its own, not by Celery beat: a tick task sent
 through the broker would wait behind long audits on busy GPU workers.
@@ -8,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from croniter import croniter
 from sqlalchemy import select, update
 
+from . import lifecycle
 from .audits import create_audit
 from .config import Config
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, send_audit
 from .store import Store
-from .store.models import Audit, AuditStatus, Model, Schedule, utcnow
+from .store.models import Model, Schedule, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,45 +60,42 @@ def tick(store: Store, dispatcher: Dispatcher, now: datetime | None = None) -> l
                 continue
             audit = create_audit(s, tenant=sched.tenant, model=model, request=dict(sched.request),
                                  schedule_id=sched.id)
-        dispatcher.send(audit.id)
         created.append(audit.id)
+        try:
+            send_audit(dispatcher, store, audit.id, copies=1)
+        except Exception:  # the run stays queued in the store; the re-dispatch sends it later
+            log.exception("schedule %s: audit %s created, but the broker refused it", sched.id, audit.id)
+            continue
         log.info("schedule %s: audit %s enqueued", sched.id, audit.id)
     return created
 
 
 def reap(store: Store, dispatcher: Dispatcher, config: Config, now: datetime | None = None) -> dict[str, list[str]]:
-    """Audits ``running`` with a heartbeat older than the timeout lost their worker: requeue them,
-    or fail them after ``max_attempts``. Returns {"requeued": [...], "failed": [...]}."""
-    now = as_utc(now or utcnow())
-    cutoff = now - timedelta(seconds=config.heartbeat_timeout_s)
-    out: dict[str, list[str]] = {"requeued": [], "failed": []}
-    with store.session() as s:
-        stale = list(s.scalars(select(Audit).where(Audit.status == AuditStatus.RUNNING.value,
-                                                   Audit.heartbeat_at < cutoff)))
-    for audit in stale:
-        outcome, values = _reaped(audit, config, now)
-        with store.session() as s:
-            done = s.execute(update(Audit).where(Audit.id == audit.id, Audit.status == AuditStatus.RUNNING.value,
-                                                 Audit.heartbeat_at == audit.heartbeat_at).values(**values))
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            continue
-        out.setdefault(outcome, []).append(audit.id)
-        if outcome == "requeued":
-            dispatcher.send(audit.id)
-        log.warning("audit %s: worker lost (heartbeat %s); %s", audit.id, audit.heartbeat_at, outcome)
+    """Audits ``running`` with a heartbeat older than the timeout lost their workers: requeued and
+    sent again, or failed after ``max_attempts`` (:func:`service.lifecycle.reap`)."""
+    out = lifecycle.reap(store, stale_s=config.heartbeat_timeout_s, max_attempts=config.max_attempts,
+                         now=as_utc(now or utcnow()))
+    for audit_id in out["requeued"]:
+        dispatcher.send(audit_id)
     return out
 
 
-def _reaped(audit: Audit, config: Config, now: datetime) -> tuple[str, dict[str, object]]:
-    """What becomes of a dead worker's audit: cancelled if that was asked, failed after
-    ``max_attempts``, else queued again."""
-    if audit.cancel_requested:
-        return "cancelled", {"status": AuditStatus.CANCELLED.value, "finished_at": now,
-                             "error": {"code": "cancelled", "message": "the audit was cancelled"}}
-    if audit.attempts >= config.max_attempts:
-        return "failed", {"status": AuditStatus.FAILED.value, "finished_at": now, "error": {
-            "code": "worker_lost", "message": f"the worker died during {audit.attempts} attempt(s); giving up"}}
-    return "requeued", {"status": AuditStatus.QUEUED.value, "worker": None}
+def redispatch(store: Store, dispatcher: Dispatcher, config: Config, now: datetime | None = None) -> list[str]:
+    """Send again every audit the broker may have lost: queued and unclaimed for
+    ``redispatch_s``, or running with a dead shard holder. Claiming is idempotent, so a copy of
+    a message the broker still has costs nothing but a look at the store."""
+    sent = []
+    for audit_id in lifecycle.due_for_redispatch(store, redispatch_s=config.redispatch_s,
+                                                 stale_s=config.heartbeat_timeout_s, now=as_utc(now or utcnow())):
+        try:
+            dispatcher.send(audit_id)
+        except Exception:  # the broker is down: the next tick after redispatch_s tries again
+            log.exception("audit %s: re-dispatch failed", audit_id)
+            continue
+        sent.append(audit_id)
+        log.warning("audit %s: sent again (queued or with a dead shard holder for %g s)", audit_id,
+                    config.redispatch_s)
+    return sent
 
 
 def run_beat(config: Config, store: Store, dispatcher: Dispatcher, *, once: bool = False) -> None:
@@ -105,6 +104,7 @@ def run_beat(config: Config, store: Store, dispatcher: Dispatcher, *, once: bool
         try:
             tick(store, dispatcher)
             reap(store, dispatcher, config)
+            redispatch(store, dispatcher, config)
         except Exception:  # a failed tick must not stop the beat; the next one retries
             log.exception("beat tick failed")
         if once:

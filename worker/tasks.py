@@ -1,40 +1,47 @@
-"""The audit task: thin. Claim the audit in the store, run the engine in the sandbox (the
-uploaded model never runs in the worker process itself), write progress, heartbeat, report
-and status back; record an error, then re-raise it.
+"""The audit task: thin. Claim (or join) the audit in the store, run the engine in the sandbox
+(the uploaded model never runs in the worker process itself), write progress, heartbeat,
+shard claims, report and status back through :mod:`service.lifecycle`; record an error,
+then re-raise it.
 
-A redelivered message (its worker was killed) finds the audit ``running`` with a stale
-heartbeat and takes it over; a duplicate finds it held by a live worker, or finished, and
-does nothing.
+Several workers share one audit: each takes a copy of the task, joins the attempt and runs
+the shards the store grants it; the one granted the final merge writes the report. One that
+finds the rest of the shards held by others simply leaves. Every write is guarded by the
+attempt's claim token, so a worker whose attempt was reaped and taken over writes nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import threading
 import time
-from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
+from service import lifecycle
 from service.audits import EngineJob, engine_job
 from service.config import Config
 from service.dispatch import TASK_RUN_AUDIT
+from service.lifecycle import ErrorCode, Participation, error_body
 from service.sandboxing import SandboxRefused, make_sandbox, run_job
 from service.storage import Storage
 from service.store import Audit, AuditStatus, Model, Store
-from service.store.models import utcnow
 from worker.engine.errors import AuditInputError
-from worker.sandbox import SandboxJob
+from worker.sandbox import Sandbox, SandboxJob
 
 from .celery_app import CONFIG_ATTR
 
 log = logging.getLogger(__name__)
+
+#: bounds on what a sandboxed child may ask for (it runs an uploaded model: never trusted)
+MAX_KEY = 200
+MAX_KEYS = 100_000
 
 
 @cache
@@ -42,21 +49,41 @@ def _store(url: str) -> Store:
     return Store(url)
 
 
+@cache
+def claims_supported() -> bool:
+    """The sandbox speaks the shard-claim protocol (``Sandbox.run(..., on_claim=...)``)."""
+    return "on_claim" in inspect.signature(Sandbox.run).parameters
+
+
+def _safe_key(key: Any) -> str | None:
+    """A shard key as the checkpoint folder names its files, or None."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY or key.startswith(".") or "/" in key or "\0" in key:
+        return None
+    return key
+
+
 class AuditRecorder:
-    """Writes a running audit's progress and heartbeat (throttled) and answers "cancelled?".
+    """One participant's link to the store while its sandbox runs: heartbeat and progress
+    (throttled), shard and finalize claims, and "stop?" (cancelled, failed or taken over).
 
     Args:
         store: the job store.
-        audit_id: the audit.
-        config: heartbeat period.
+        part: this worker's participation in the audit's current attempt.
+        config: heartbeat period and timeout.
+        checkpoint_dir: the audit's shared checkpoint folder (a shard is done once its file is there).
+        progress: the audit's progress as stored (every suite, 0 at submit).
     """
 
-    def __init__(self, store: Store, audit_id: str, config: Config) -> None:
-        self.store, self.audit_id, self.config = store, audit_id, config
-        self.progress: dict[str, float] = {}
+    def __init__(self, store: Store, part: Participation, config: Config, checkpoint_dir: Path,
+                 progress: dict[str, float] | None = None) -> None:
+        self.store, self.part, self.config, self.checkpoint_dir = store, part, config, checkpoint_dir
+        self.audit_id = part.audit_id
+        self.progress: dict[str, float] = dict(progress or {})
+        self._local: dict[str, float] = {}  # suite -> the fraction our child reports
+        self._running: dict[str, tuple[str, int, int]] = {}  # suite -> (key, index, of) of our child's shard
         self._written = 0.0
         self._checked = 0.0
-        self._cancelled = False
+        self._current = True
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -76,116 +103,171 @@ class AuditRecorder:
             except Exception:  # a missed heartbeat is retried at the next one
                 log.exception("heartbeat of audit %s failed", self.audit_id)
 
+    def _summed(self) -> dict[str, float]:
+        """Progress per suite: shards done (by anyone) plus our own shard's part, over all shards."""
+        shards = lifecycle.shard_progress(self.store, self.audit_id)
+        with self._lock:
+            local, running = dict(self._local), dict(self._running)
+            out = dict(self.progress)
+        for suite in set(local) | set(shards):
+            if suite in shards:
+                done, of = shards[suite]
+                own = 0.0
+                if suite in running:  # the child reports (index + fraction of its shard) / of
+                    _key, index, n = running[suite]
+                    own = min(1.0, max(0.0, local.get(suite, 0.0) * n - index))
+                value = min(1.0, (done + own) / max(1, of))
+            else:
+                value = local[suite]
+            out[suite] = max(out.get(suite, 0.0), round(value, 4))  # never goes back
+        return out
+
     def flush(self) -> None:
-        with self._lock:  # the heartbeat thread and the engine's progress callback both flush
-            progress = dict(self.progress)
-        with self.store.session() as s:
-            s.execute(update(Audit).where(Audit.id == self.audit_id, Audit.status == AuditStatus.RUNNING.value)
-                      .values(heartbeat_at=utcnow(), progress=progress))
+        progress = self._summed()
+        with self._lock:
+            self.progress = progress
+        if not lifecycle.heartbeat(self.store, self.part, progress):
+            self._current = False  # reaped and taken over, or ended by another participant
         self._written = time.monotonic()
 
     def on_progress(self, suite: str, fraction: float) -> None:
         with self._lock:
-            self.progress[suite] = round(fraction, 4)
+            self._local[suite] = fraction
         if time.monotonic() - self._written > 0.5 or fraction >= 1.0:
             self.flush()
 
     def should_stop(self) -> bool:
-        if not self._cancelled and time.monotonic() - self._checked > 0.5:
+        if self._current and time.monotonic() - self._checked > 0.5:
             self._checked = time.monotonic()
-            with self.store.session() as s:
-                audit = s.get(Audit, self.audit_id)
-                self._cancelled = audit is None or audit.cancel_requested
-        return self._cancelled
+            self._current = lifecycle.is_current(self.store, self.part)
+        return not self._current
+
+    def saved(self, key: str) -> bool:
+        return (self.checkpoint_dir / f"{key}.json").is_file()
+
+    def settle(self) -> None:
+        """Mark done the shards we hold whose partial is saved (the file, not the child's word)."""
+        done = [k for k in lifecycle.held_shards(self.store, self.part) if self.saved(k)]
+        lifecycle.mark_done(self.store, self.audit_id, done)
+        with self._lock:
+            for suite, (key, _i, _n) in list(self._running.items()):
+                if key in done:
+                    del self._running[suite]
+
+    def on_claim(self, claim: dict[str, Any]) -> bool:
+        """The child asks for a shard, or for the final merge; a malformed claim is refused."""
+        try:
+            if claim.get("finalize") is True:
+                return self._finalize(claim.get("keys"))
+            return self._shard(claim)
+        except Exception:  # a store hiccup refuses the claim; the shard is redone later
+            log.exception("audit %s: claim %r failed", self.audit_id, str(claim)[:200])
+            return False
+
+    def _shard(self, claim: dict[str, Any]) -> bool:
+        suite, index, of, key = claim.get("suite"), claim.get("shard"), claim.get("of"), _safe_key(claim.get("key"))
+        if not (isinstance(suite, str) and 0 < len(suite) <= 64 and isinstance(index, int) and isinstance(of, int)
+                and 0 <= index < of <= MAX_KEYS and key is not None):
+            return False
+        self.settle()
+        if self.saved(key):  # another worker finished it meanwhile
+            lifecycle.mark_done(self.store, self.audit_id, [key])
+            return False
+        granted = lifecycle.grant_shard(self.store, self.part, key=key, suite=suite, index=index, of=of,
+                                        stale_s=self.config.heartbeat_timeout_s)
+        if granted:
+            with self._lock:
+                self._running[suite] = (key, index, of)
+        return granted
+
+    def _finalize(self, keys: Any) -> bool:
+        if not isinstance(keys, list) or len(keys) > MAX_KEYS:
+            return False
+        safe = [_safe_key(k) for k in keys]
+        if any(k is None for k in safe):
+            return False
+        self.settle()
+        checked = [k for k in safe if k is not None]
+        if not all(self.saved(k) for k in checked):  # a shard's partial is missing: not yet
+            return False
+        lifecycle.mark_done(self.store, self.audit_id, checked)
+        return lifecycle.grant_finalize(self.store, self.part)
 
 
 class AuditHeld(Exception):
-    """Another worker runs this audit and its heartbeat is fresh."""
+    """Another worker runs this audit and its heartbeat is fresh (only without shard claims)."""
 
 
-def claim(store: Store, audit_id: str, config: Config, worker: str) -> bool:
-    """Atomically move the audit to ``running`` if it is queued, or running with a dead worker.
-
-    Raises:
-        AuditHeld: it is running with a fresh heartbeat (the caller may look again later).
-    """
-    stale = utcnow() - timedelta(seconds=config.heartbeat_timeout_s)
+def _load_job(store: Store, config: Config, audit_id: str) -> tuple[EngineJob, dict[str, float]]:
     with store.session() as s:
-        result = s.execute(update(Audit).where(
-            Audit.id == audit_id, Audit.cancel_requested.is_(False),
-            or_(Audit.status == AuditStatus.QUEUED.value,
-                (Audit.status == AuditStatus.RUNNING.value) & (Audit.heartbeat_at < stale)))
-            .values(status=AuditStatus.RUNNING.value, started_at=utcnow(), heartbeat_at=utcnow(),
-                    worker=worker, attempts=Audit.attempts + 1, error=None))
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            return True
         audit = s.get(Audit, audit_id)
-        if audit is not None and audit.status == AuditStatus.RUNNING.value and not audit.cancel_requested:
-            raise AuditHeld(audit_id)
-        return False
+        assert audit is not None
+        model = s.get(Model, audit.model_id)
+        assert model is not None
+        tenant = audit.tenant
+
+        def lookup(model_id: str) -> Model | None:
+            return s.scalar(select(Model).where(Model.id == model_id, Model.tenant == tenant))
+
+        return engine_job(dict(audit.request), model, lookup, device=config.device), dict(audit.progress or {})
 
 
-def finish(store: Store, audit_id: str, status: AuditStatus, **values: Any) -> None:
-    with store.session() as s:
-        s.execute(update(Audit).where(Audit.id == audit_id)
-                  .values(status=status.value, finished_at=utcnow(), **values))
+def _ended(storage: Storage, part: Participation, written: bool, status: AuditStatus) -> AuditStatus | None:
+    """After our write of an outcome: the checkpoints go only if the write was ours (a reaped
+    worker must not delete what the new holder is using)."""
+    if not written:
+        log.info("audit %s: not ours any more (taken over, or ended by another worker)", part.audit_id)
+        return None
+    storage.clear_checkpoints(part.audit_id)
+    return status
 
 
 def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditStatus | None:
-    """Run one audit end to end in the sandbox; None when it was not ours to run."""
+    """Take part in one audit in the sandbox; the status this worker wrote, or None when it wrote
+    none (nothing to do, or its shards are done and others hold the rest)."""
     store, storage = _store(config.database_url), Storage(config.storage_dir)
-    if not claim(store, audit_id, config, worker or socket.gethostname()):
-        log.info("audit %s: not claimable (finished, cancelled or held by a live worker)", audit_id)
+    part = lifecycle.claim(store, audit_id, worker=worker or socket.gethostname(), stale_s=config.heartbeat_timeout_s)
+    if part is None:
+        log.info("audit %s: not claimable (finished, cancelled or gone)", audit_id)
         return None
+    if not part.fresh and not claims_supported():
+        raise AuditHeld(audit_id)
+    # no start-up clear of the audit's folder: it is new (a uuid), a retry rewrites the same
+    # files, and a slow worker's clear could delete what another participant is writing
     checkpoints = storage.checkpoint_dir(audit_id)
-    if not any(checkpoints.glob("*.json")):
-        storage.clear_audit(audit_id)  # a fresh start; a retry keeps the artifacts of finished shards
     try:
-        with store.session() as s:
-            audit = s.get(Audit, audit_id)
-            assert audit is not None
-            model = s.get(Model, audit.model_id)
-            assert model is not None
-            tenant = audit.tenant
-
-            def lookup(model_id: str) -> Model | None:
-                return s.scalar(select(Model).where(Model.id == model_id, Model.tenant == tenant))
-
-            job = engine_job(dict(audit.request), model, lookup, device=config.device)
-        with AuditRecorder(store, audit_id, config) as rec:
+        job, progress = _load_job(store, config, audit_id)
+        with AuditRecorder(store, part, config, checkpoints, progress) as rec:
             report = run_sandboxed_audit(config, job, storage.audit_dir(audit_id), checkpoints, rec)
+            rec.settle()
     except AuditInputError as exc:
-        storage.clear_checkpoints(audit_id)
-        finish(store, audit_id, AuditStatus.FAILED, error=exc.to_dict())
-        return AuditStatus.FAILED
+        return _ended(storage, part, lifecycle.fail(store, part, exc.to_dict()), AuditStatus.FAILED)
     except SandboxRefused as exc:
-        storage.clear_checkpoints(audit_id)
-        if exc.code == "cancelled":
-            finish(store, audit_id, AuditStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"})
-            return AuditStatus.CANCELLED
+        if exc.code == ErrorCode.CANCELLED.value:
+            return _ended(storage, part, lifecycle.cancelled(store, part), AuditStatus.CANCELLED)
         log.error("audit %s: %s: %s", audit_id, exc.code, exc.message)
-        finish(store, audit_id, AuditStatus.FAILED, error={"code": exc.code, "message": exc.message})
-        return AuditStatus.FAILED
+        return _ended(storage, part, lifecycle.fail(store, part, error_body(exc.code, exc.message)),
+                      AuditStatus.FAILED)
     except SoftTimeLimitExceeded:
-        storage.clear_checkpoints(audit_id)
-        finish(store, audit_id, AuditStatus.FAILED, error={
-            "code": "time_limit", "message": f"the audit ran longer than {config.soft_time_limit_s:g} s"})
-        return AuditStatus.FAILED
+        return _ended(storage, part, lifecycle.fail(store, part, error_body(
+            ErrorCode.TIME_LIMIT, f"the audit ran longer than {config.soft_time_limit_s:g} s")), AuditStatus.FAILED)
     except Exception as exc:
-        storage.clear_checkpoints(audit_id)
-        finish(store, audit_id, AuditStatus.FAILED,
-               error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
+        _ended(storage, part, lifecycle.fail(store, part, error_body(
+            ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")), AuditStatus.FAILED)
         raise
-    storage.clear_checkpoints(audit_id)
-    finish(store, audit_id, AuditStatus.SUCCEEDED, report=report, verdict=report["verdict"],
-           progress={name: 1.0 for name in report["suites"]},
-           suite_seconds={name: suite["seconds"] for name, suite in report["suites"].items()})
-    return AuditStatus.SUCCEEDED
+    if report is None:
+        log.info("audit %s: this worker's shards are done; other workers hold the rest", audit_id)
+        return None
+    written = lifecycle.succeed(store, part, report=report, verdict=report["verdict"],
+                                progress={name: 1.0 for name in report["suites"]},
+                                suite_seconds={name: suite["seconds"] for name, suite in report["suites"].items()})
+    return _ended(storage, part, written, AuditStatus.SUCCEEDED)
 
 
 def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoint_dir: Path,
-                        rec: AuditRecorder) -> dict[str, Any]:
-    """The engine's report of ``job``, run in the sandbox; progress and cancel go through ``rec``.
+                        rec: AuditRecorder) -> dict[str, Any] | None:
+    """The engine's report of ``job``, run in the sandbox; progress, claims and cancel go through
+    ``rec``. None when the child ran what it was granted and other workers hold the rest.
 
     Raises:
         SandboxedInputError: the model, the data or the request is wrong.
@@ -194,8 +276,9 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     gpu = config.device != "cpu" and any(Path("/dev").glob("nvidia[0-9]*"))
+    claims = claims_supported()
     payload = {"spec": job.spec, "data_roots": [str(r) for r in config.data_roots], "shard_size": config.shard_size,
-               "plugins": list(config.plugins)}
+               "plugins": list(config.plugins), **({"claims": True} if claims else {})}
     sjob = SandboxJob("audit", payload, inputs=job.inputs, output_dir=out_dir, checkpoint_dir=checkpoint_dir,
                       data_roots=config.data_roots, gpu=gpu)
 
@@ -207,10 +290,15 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
                 rec.on_progress(progress["suite"][:64], float(fraction))
 
     sandbox = make_sandbox(config, wall_s=config.soft_time_limit_s, gpu=gpu)
-    report = run_job(sandbox, sjob, on_message=on_message, should_stop=rec.should_stop)
-    if report.get("verdict") not in ("pass", "fail") or not isinstance(report.get("suites"), dict):
-        raise SandboxRefused("sandbox_failed", "the sandboxed engine returned no valid report")
-    return report
+    extra: dict[str, Any] = {"on_claim": rec.on_claim} if claims else {}
+    result = run_job(sandbox, sjob, on_message=on_message, should_stop=rec.should_stop, **extra)
+    if claims and result.get("incomplete") is True:
+        return None
+    if not claims and not rec.on_claim({"finalize": True, "keys": []}):  # a sole worker: the merge is its own
+        return None
+    if result.get("verdict") not in ("pass", "fail") or not isinstance(result.get("suites"), dict):
+        raise SandboxRefused(ErrorCode.SANDBOX_FAILED.value, "the sandboxed engine returned no valid report")
+    return result
 
 
 @shared_task(name=TASK_RUN_AUDIT, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -220,6 +308,6 @@ def run_audit_task(self: Task, audit_id: str) -> None:
     try:
         execute_audit(config, audit_id, worker=str(self.request.hostname or ""))
     except AuditHeld:
-        # a redelivered message while the holder's heartbeat is still fresh: look again once it
-        # would be stale; if the holder is alive by then, it finishes the audit itself
+        # without shard claims a second worker cannot help: look again once the holder's
+        # heartbeat would be stale; if the holder is alive by then, it finishes the audit itself
         raise self.retry(countdown=config.heartbeat_timeout_s + 1, max_retries=3) from None

@@ -14,7 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from worker.engine.datasets import DataRoots
 
 from ..audits import build_request, cancel_audit, create_audit, find_idempotent, request_hash
-from ..store.models import Audit, AuditStatus, utcnow
+from ..dispatch import send_audit
+from ..lifecycle import copies, dispatch_failed
+from ..store.models import Audit
 from .auth import authenticate, owned, tenant
 from .bounds import parse_json_body
 from .context import services
@@ -121,7 +123,8 @@ class Audits(MethodView):
                 if found is None:
                     raise
                 return _created_or_conflict(found, digest)
-        dispatch_or_fail(audit.id)
+        cfg = services().config
+        dispatch_or_fail(audit.id, copies(req, fanout=cfg.fanout, shard_size=cfg.shard_size))
         return _created(audit)
 
     @blp.arguments(AuditQuerySchema, location="query")
@@ -140,17 +143,14 @@ class Audits(MethodView):
             return paginate(s, q, page=query["page"], page_size=query["page_size"])
 
 
-def dispatch_or_fail(audit_id: str) -> None:
-    """Queue the audit; if the broker cannot take it, the audit fails and the client gets a 503."""
+def dispatch_or_fail(audit_id: str, copies: int = 1) -> None:
+    """Queue the audit (``copies`` messages: each worker that takes one shares it); if the broker
+    cannot take it, the audit fails and the client gets a 503."""
     svc = services()
     try:
-        svc.dispatcher.send(audit_id)
+        send_audit(svc.dispatcher, svc.store, audit_id, copies=copies)
     except Exception as exc:
-        with svc.store.session() as s:
-            audit = s.get(Audit, audit_id)
-            if audit is not None:
-                audit.status, audit.finished_at = AuditStatus.FAILED.value, utcnow()
-                audit.error = {"code": "broker_unavailable", "message": f"could not queue the audit: {exc}"}
+        dispatch_failed(svc.store, audit_id, str(exc))
         raise ApiError(503, "the broker is unreachable; the audit was not queued", audit_id=audit_id) from None
 
 
@@ -179,7 +179,7 @@ class AuditById(MethodView):
         """Cancel a queued or running audit; a running one stops at its next batch."""
         with services().store.session() as s:
             audit = get_audit(s, audit_id)
-            cancel_audit(audit)
+            cancel_audit(s, audit)
             return audit
 
 

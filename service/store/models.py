@@ -118,6 +118,13 @@ class Audit(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: the claim token of the current attempt (a uuid per claim): every write of a participant
+    #: is guarded by it, so a worker whose attempt was reaped and taken over writes nothing
+    holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: the participant that was granted the final merge (once per attempt)
+    finalizer: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: when the audit was last handed to the broker (the beat sends it again after a while)
+    last_dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -126,3 +133,22 @@ class Audit(Base):
     verdict: Mapped[str | None] = mapped_column(String(8), nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     suite_seconds: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+
+
+class ShardClaim(Base):
+    """One shard (suite x slice of samples) of a running audit, claimed by one participant.
+
+    A shard is granted when it is free or its holder's heartbeat is stale; it is done once its
+    partial is saved in the audit's checkpoint folder.
+    """
+
+    __tablename__ = "shard_claims"
+
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    suite: Mapped[str] = mapped_column(String(64))
+    index: Mapped[int] = mapped_column(Integer)
+    of: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -10,7 +10,7 @@ from service.scheduler import reap
 from service.store import Audit
 from service.store.models import utcnow
 from tests.service.conftest import assert_error_body, audit_body, auth, post_audit
-from worker.tasks import AuditHeld, execute_audit
+from worker.tasks import AuditHeld, claims_supported, execute_audit
 
 
 def test_execute_writes_report_progress_and_artifacts(client, config, model_id, report_validator):
@@ -55,9 +55,10 @@ def test_cancelled_before_start_is_not_run(client, config, model_id):
 
 
 def _set_running(store, audit_id, heartbeat, attempts=1):
+    """As a worker's claim leaves it (with a claim token that no live process has)."""
     with store.session() as s:
         a = s.get(Audit, audit_id)
-        a.status, a.heartbeat_at, a.attempts = "running", heartbeat, attempts
+        a.status, a.heartbeat_at, a.attempts, a.holder = "running", heartbeat, attempts, "f" * 32
 
 
 def test_reaper_requeues_then_fails(client, config, store, dispatcher, model_id):
@@ -76,12 +77,25 @@ def test_reaper_requeues_then_fails(client, config, store, dispatcher, model_id)
 
 def test_stale_running_audit_is_taken_over(client, config, store, model_id):
     audit_id = post_audit(client, audit_body(model_id)).json["id"]
-    _set_running(store, audit_id, utcnow())
-    with pytest.raises(AuditHeld):  # held by a live worker
-        execute_audit(config, audit_id)
     _set_running(store, audit_id, utcnow() - timedelta(seconds=config.heartbeat_timeout_s + 1))
     assert execute_audit(config, audit_id).value == "succeeded"
-    assert client.get(f"/v1/audits/{audit_id}", headers=auth()).json["attempts"] == 2
+    got = client.get(f"/v1/audits/{audit_id}", headers=auth()).json
+    assert got["attempts"] == 2 and got["status"] == "succeeded"
+
+
+def test_live_attempt_is_joined_not_taken_over(client, config, store, model_id):
+    """A duplicate delivery while the holder is alive joins its attempt (same token, attempts
+    unchanged) and runs only what nobody holds: here the holder holds nothing yet."""
+    audit_id = post_audit(client, audit_body(model_id)).json["id"]
+    _set_running(store, audit_id, utcnow())
+    if not claims_supported():
+        with pytest.raises(AuditHeld):  # without shard claims a second worker cannot help
+            execute_audit(config, audit_id)
+        return
+    assert execute_audit(config, audit_id).value == "succeeded"
+    with store.session() as s:
+        audit = s.get(Audit, audit_id)
+        assert audit.attempts == 1 and audit.holder == "f" * 32 and audit.finalizer is not None
 
 
 def test_soft_time_limit_and_internal_error_are_recorded(client, config, model_id, monkeypatch):
