@@ -7,6 +7,7 @@ person reads (summaries, report.html, plot labels, gate results in words) goes t
 from __future__ import annotations
 
 import math
+import re
 
 
 def fmt_eps(eps: float) -> str:
@@ -48,3 +49,24 @@ def fmt_pct(x: float | None, digits: int = 1) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     return f"{100 * x:.{digits}f}%"
+
+
+def fmt_delta(x: float | None, digits: int = 3) -> str:
+    """``+0.05`` or ``-0.05``: a change, always signed."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return ("+" if x >= 0 else "-") + fmt_num(abs(x), digits)
+
+
+#: a long decimal in free text (a warning's message), optionally after "eps=" or "eps "
+_LONG_DECIMAL = re.compile(r"(?<![\w.])(eps\s*[=:]?\s*)?(-?\d+\.\d{5,}(?:e-?\d+)?)(?![\d])")
+
+
+def fmt_text(text: str) -> str:
+    """Free text with its float noise rounded (``0.36000000000000004`` -> ``0.36``) and eps values
+    as people read them (``eps=0.03137254901960784`` -> ``eps=8/255``)."""
+    def one(m: re.Match[str]) -> str:
+        prefix, number = m.group(1) or "", float(m.group(2))
+        return prefix + (fmt_eps(number) if prefix else fmt_num(number))
+
+    return _LONG_DECIMAL.sub(one, text)

@@ -13,10 +13,11 @@ from typing import Any
 
 from .datasets import DatasetRef
 from .errors import AuditInputError, SpecError
-from .gates import Gate, check_gates
+from .gates import Baseline, Gate, check_gates
 from .suites import SUITES, get_suite
 
-SPEC_KEYS = {"model", "card", "dataset", "suites", "gates", "seed", "device", "label", "accept_unreliable"}
+SPEC_KEYS = {"model", "card", "dataset", "suites", "gates", "seed", "device", "label", "accept_unreliable",
+             "baseline"}
 
 
 @dataclass
@@ -34,6 +35,8 @@ class AuditSpec:
         label: free text for the user.
         accept_unreliable: let gates pass on metrics that a sanity flag makes unreliable
             (gradient masking, randomness, with no gradient-free attack behind them).
+        baseline: an earlier report's values of the metrics that gates written against a baseline
+            (``clean.top1 >= baseline - 0.05``) compare with; the CLI and the API fill it in.
     """
 
     model: str
@@ -45,6 +48,7 @@ class AuditSpec:
     device: str = "auto"
     label: str | None = None
     accept_unreliable: bool = False
+    baseline: Baseline | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AuditSpec:
@@ -83,13 +87,15 @@ class AuditSpec:
         accept = raw.get("accept_unreliable", False)
         if not isinstance(accept, bool):
             raise SpecError("'accept_unreliable' must be true or false")
+        baseline = None if raw.get("baseline") is None else Baseline.from_dict(raw["baseline"])
         return cls(model=model, card=card, dataset=dataset, suites=suites, gates=gates, seed=seed,
-                   device=device, label=label, accept_unreliable=accept)
+                   device=device, label=label, accept_unreliable=accept, baseline=baseline)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "card": self.card, "dataset": self.dataset.to_dict(),
                 "suites": self.suites, "gates": [g.to_dict() for g in self.gates], "seed": self.seed,
-                "device": self.device, "label": self.label, "accept_unreliable": self.accept_unreliable}
+                "device": self.device, "label": self.label, "accept_unreliable": self.accept_unreliable,
+                "baseline": None if self.baseline is None else self.baseline.to_dict()}
 
 
 def validate_suites(raw: Any) -> dict[str, dict[str, Any]]:
