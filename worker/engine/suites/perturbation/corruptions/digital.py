@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -56,22 +58,65 @@ def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torc
 
 
 def pixelate(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
-    """Box-downsample, then nearest-neighbour upsample to the original size."""
+    """PIL's BOX downsampling, then its NEAREST upsampling back to the original size (ImageNet-C).
+
+    Both are matrix products or index gathers on the whole batch; on float images they give
+    PIL's float ("F") resize to float32 rounding.
+    """
     c = PIXELATE[severity - 1]
     h, w = x.shape[-2:]
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
     rows = box_weights(h, sh, x.device, x.dtype)
     cols = box_weights(w, sw, x.device, x.dtype)
     small = rows @ x @ cols.T
-    return F.interpolate(small, size=(h, w), mode="nearest-exact")
+    up_rows = nearest_index(sh, h).to(x.device)
+    up_cols = nearest_index(sw, w).to(x.device)
+    return small.index_select(-2, up_rows).index_select(-1, up_cols)
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_index(size_in: int, size_out: int) -> torch.Tensor:
+    """Source index of each output pixel in PIL's NEAREST resize (cached; do not modify).
+
+    PIL walks the source coordinate of the output pixels' centres, starting at scale / 2 and
+    adding scale = size_in / size_out once per pixel in float64, and truncates it. Where a
+    centre falls exactly on a source pixel's edge (16 -> 28: 3.5 * 16 / 28 = 2), the rounding
+    of that running sum, not the exact value, picks the pixel; so it is reproduced step by step
+    (a closed formula, in exact or in float arithmetic, disagrees with PIL at such points).
+    """
+    scale = size_in / size_out
+    at, index = 0.5 * scale, []
+    for _ in range(size_out):
+        index.append(min(int(at), size_in - 1))
+        at += scale
+    return torch.tensor(index)
 
 
 def box_weights(size_in: int, size_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(out, in) weights of a box downsampling: each output pixel averages the input span it
-    covers, fractional pixels at the ends counted by their overlap (PIL's BOX filter)."""
+    """(out, in) weights of PIL's BOX resize along one axis (see :func:`_box_weights`)."""
+    return _box_weights(size_in, size_out).to(device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_weights(size_in: int, size_out: int) -> torch.Tensor:
+    """(out, in) weights of PIL's BOX downsampling (what ImageNet-C's pixelate uses).
+
+    PIL does not weigh a source pixel by its overlap with the output pixel's span: output i
+    averages, with equal weights, the source pixels whose centres lie in its span
+    (i * scale, (i + 1) * scale], scale = size_in / size_out (on upsampling, the pixel
+    nearest the centre, as a box one source pixel wide picks). The bounds are computed as PIL
+    computes them, from the span's centre and half-width in float64, so that pixels whose
+    centres fall on a bound are assigned as PIL assigns them (it matters at scales like 2.5).
+    """
     scale = size_in / size_out
-    lo = torch.arange(size_out, dtype=torch.float64).view(-1, 1) * scale
-    hi = lo + scale
+    centre = (torch.arange(size_out, dtype=torch.float64) + 0.5) * scale
+    width = max(scale, 1.0)  # upsampling keeps a box one source pixel wide
+    half = 0.5 * width
+    first = (centre - half + 0.5).floor().clamp(0, size_in).view(-1, 1)
+    stop = (centre + half + 0.5).floor().clamp(0, size_in).view(-1, 1)
     j = torch.arange(size_in, dtype=torch.float64).view(1, -1)
-    overlap = (torch.minimum(hi, j + 1) - torch.maximum(lo, j)).clamp_min(0)
-    return (overlap / overlap.sum(dim=1, keepdim=True)).to(device, dtype)
+    # Inside [first, stop) and inside the box (-1/2, 1/2] in units of the scale about the centre.
+    offset = (j - centre.view(-1, 1) + 0.5) / width
+    inside = (j >= first) & (j < stop) & (offset > -0.5) & (offset <= 0.5)
+    w = inside.double()
+    return w / w.sum(dim=1, keepdim=True)

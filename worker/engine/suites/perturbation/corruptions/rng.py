@@ -2,9 +2,9 @@
 
 Each sample owns a seeded CPU :class:`torch.Generator`; draws are made per sample and stacked,
 then moved to the images' device. The draws are small next to the image work, so a batch
-still runs as one set of tensor operations. Large per-sample draws (Poisson counts above all:
-torch samples them one value at a time) are spread over ``torch.get_num_threads()`` threads,
-one generator per task, so the numbers do not depend on the thread count.
+still runs as one set of tensor operations. Large per-sample draws are spread over
+``torch.get_num_threads()`` threads, one generator per task, so the numbers do not depend on
+the thread count. Poisson counts are inverted from such uniforms on the images' device.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from .poisson import poisson_from_uniforms
 
 #: per-sample draws of at least this many values are made on several threads.
 THREADED_DRAW_MIN = 1 << 16
@@ -91,12 +93,15 @@ class SampleRandom:
         return self._to_device(out)
 
     def poisson(self, rates: torch.Tensor) -> torch.Tensor:
-        """Poisson counts for per-sample rates (N, ...); drawn on the CPU per sample."""
-        cpu = rates.detach().float().cpu()
-        out = torch.empty_like(cpu)
+        """Poisson counts (float32) for per-sample rates (N, ...) in [0, 255], on the rates' device.
 
-        def draw(i: int) -> None:
-            out[i] = torch.poisson(cpu[i], generator=self.generators[i])
-
-        _each(len(self.generators), 1 << 30, draw)  # always worth threads: ~40 ns a value
-        return self._to_device(out)
+        Each sample's stream gives two float64 uniforms per value (all for the whole parts of
+        the rates, then all for their fractions), inverted exactly on the device: see
+        :mod:`.poisson`. The counts depend on the stream only, not on the batch or device.
+        """
+        shape = rates.shape[1:]
+        u_whole = self._draw(shape, lambda row, g: torch.rand(row.shape, generator=g, out=row,
+                                                              dtype=torch.float64), dtype=torch.float64)
+        u_frac = self._draw(shape, lambda row, g: torch.rand(row.shape, generator=g, out=row,
+                                                             dtype=torch.float64), dtype=torch.float64)
+        return poisson_from_uniforms(rates, u_whole, u_frac).float()
