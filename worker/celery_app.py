@@ -13,6 +13,7 @@ from celery import Celery
 
 from service.config import Config, load_plugins
 from service.dispatch import QUEUE
+from service.embedded_broker import celery_broker
 
 #: the attribute of the Celery app that carries the service configuration to the tasks
 CONFIG_ATTR = "robustaudit_config"
@@ -29,7 +30,8 @@ def celery_config(config: Config) -> dict[str, Any]:
         if config.broker_prefix:
             transport["global_keyprefix"] = config.broker_prefix
     return {
-        "broker_url": config.broker_url,
+        # a sqla+ URL (the embedded default) goes to our subclass, which polls every 0.1 s, not 1 s
+        **celery_broker(config.broker_url),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
         "task_default_queue": QUEUE,
