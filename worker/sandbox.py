@@ -15,7 +15,10 @@ Every load, forward and backward pass of an uploaded model happens in a child pr
   CPU time, open files, no core dumps), which it cannot raise again without capabilities.
 
 The child reports progress and its result as JSON lines on a pipe; its output is bounded
-and parsed as untrusted data. If bubblewrap cannot start, untrusted models are refused
+and parsed as untrusted data. An audit shared with other workers also sends claims there
+(a shard it would run, then the merge), each answered by one line ``{"granted": bool}`` on
+its stdin, which then stays open; claims are validated and bounded in number like the rest.
+If bubblewrap cannot start, untrusted models are refused
 (``SandboxUnavailable``) unless the setting ``ROBUSTAUDIT_SANDBOX=off`` explicitly allows
 the unsandboxed child (same protocol and limits, no namespaces): for a developer's machine.
 """
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 SANDBOX_IN, SANDBOX_OUT, SANDBOX_CHECKPOINTS = "/tmp/in", "/tmp/out", "/tmp/checkpoints"
 #: the largest line the child may send (a report is well below this)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: the most claims one child may send (an audit's shards, all suites, and its merge)
+MAX_CLAIMS = 4096
+#: the longest suite name or shard key a claim may carry
+MAX_CLAIM_FIELD = 256
 #: variables passed through to the child: thread counts and device selection, never secrets
 _PASS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
              "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL", "TZ")
@@ -248,8 +255,14 @@ class Sandbox:
         self.mode, self.limits, self.hide = mode, limits or SandboxLimits(), hide
 
     def run(self, job: SandboxJob, *, on_message: Callable[[dict[str, Any]], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, wall_s: float | None = None) -> SandboxResult:
+            should_stop: Callable[[], bool] | None = None, wall_s: float | None = None,
+            on_claim: Callable[[dict[str, Any]], bool] | None = None) -> SandboxResult:
         """Run ``job``; ``on_message`` sees every progress message, ``should_stop`` kills the child.
+
+        ``on_claim`` answers the child's claims (an audit whose payload has ``"claims": True``):
+        it gets ``{"suite", "shard", "of", "key"}`` or ``{"finalize": True, "keys": [...]}``,
+        validated, each shard key and the merge at most once, and returns whether it is granted.
+        Without it the child's stdin is closed after the job, which refuses every claim.
 
         Raises:
             SandboxUnavailable: bubblewrap cannot run here (and the mode is not off).
@@ -274,7 +287,7 @@ class Sandbox:
                     os.close(write_fd)
                     raise SandboxFailed(f"the sandbox did not start: {exc}") from None
                 os.close(write_fd)
-                return self._talk(proc, read_fd, errors, job, on_message, should_stop, wall)
+                return self._talk(proc, read_fd, errors, job, on_message, should_stop, wall, on_claim)
 
     @contextmanager
     def _staged(self, job: SandboxJob) -> Iterator[tuple[Callable[[int], list[str]], str | None,
@@ -301,16 +314,21 @@ class Sandbox:
 
     def _talk(self, proc: subprocess.Popen[bytes], read_fd: int, errors: IO[bytes], job: SandboxJob,
               on_message: Callable[[dict[str, Any]], None] | None, should_stop: Callable[[], bool] | None,
-              wall: float) -> SandboxResult:
+              wall: float, on_claim: Callable[[dict[str, Any]], bool] | None = None) -> SandboxResult:
         request = {"op": job.op, "payload": job.payload, "limits": self.limits.as_dict(), **self._paths(job)}
         final: dict[str, Any] = {}
         buffer, eof = b"", False
         deadline = time.monotonic() + wall
+        claims = _Claims(proc, on_claim)
         try:
             assert proc.stdin is not None
             try:
-                proc.stdin.write(json.dumps(request).encode())
-                proc.stdin.close()
+                proc.stdin.write(json.dumps(request).encode() + b"\n")
+                proc.stdin.flush()
+                if on_claim is None:
+                    proc.stdin.close()
+                else:  # answers must never block us: a child that does not read them is refused below
+                    os.set_blocking(proc.stdin.fileno(), False)
             except BrokenPipeError:
                 pass
             while True:
@@ -335,12 +353,15 @@ class Sandbox:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     message = _parse(line)
-                    if "progress" in message and on_message is not None:
+                    if "claim" in message:
+                        claims.answer(message["claim"])
+                    elif "progress" in message and on_message is not None:
                         on_message(message)
                     elif "result" in message or "error" in message:
                         final = message
         finally:
             os.close(read_fd)
+            claims.close()
             _kill(proc, grace_s=10.0 if eof else 0.0)
         errors.seek(max(0, errors.seek(0, os.SEEK_END) - 4000))
         stderr = errors.read().decode(errors="replace")
@@ -353,6 +374,63 @@ class Sandbox:
             return SandboxResult(result, error, proc.returncode)
         log.warning("sandboxed process failed (status %s); its stderr ends: %s", proc.returncode, stderr[-1000:])
         raise SandboxFailed(_death_message(proc.returncode, stderr, self.limits))
+
+
+class _Claims:
+    """The parent's side of the claim protocol: validate each claim, ask ``on_claim``, answer one line.
+
+    A claim that is malformed, repeats a shard key or the merge, or comes beyond
+    :data:`MAX_CLAIMS` fails the run, as does a child that leaves its answers unread until the
+    pipe is full: a hostile child can neither flood the caller's store nor block this process.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], on_claim: Callable[[dict[str, Any]], bool] | None) -> None:
+        self.proc, self.on_claim = proc, on_claim
+        self.seen: set[str] = set()
+        self.finalized = False
+
+    def answer(self, raw: Any) -> None:
+        if self.on_claim is None:
+            return  # stdin is closed: the child reads end of input, a refusal
+        claim = self._validated(raw)
+        granted = bool(self.on_claim(claim))
+        assert self.proc.stdin is not None
+        try:
+            os.write(self.proc.stdin.fileno(), json.dumps({"granted": granted}).encode() + b"\n")
+        except BlockingIOError:
+            raise SandboxFailed("the sandboxed process sent claims without reading their answers") from None
+        except (BrokenPipeError, ValueError):
+            pass  # it exited (or closed its stdin): nothing is waiting for the answer
+
+    def _validated(self, raw: Any) -> dict[str, Any]:
+        if len(self.seen) + self.finalized >= MAX_CLAIMS:
+            raise SandboxFailed(f"the sandboxed process sent more than {MAX_CLAIMS} claims")
+        if isinstance(raw, dict) and raw.get("finalize") is True and set(raw) == {"finalize", "keys"}:
+            keys = raw["keys"]
+            if (self.finalized or not isinstance(keys, list) or not keys or len(keys) > MAX_CLAIMS
+                    or not all(_short_str(k) for k in keys) or len(set(keys)) != len(keys)):
+                raise SandboxFailed("the sandboxed process sent a malformed or repeated finalize claim")
+            self.finalized = True
+            return {"finalize": True, "keys": list(keys)}
+        if (not isinstance(raw, dict) or set(raw) != {"suite", "shard", "of", "key"}
+                or not _short_str(raw["suite"]) or not _short_str(raw["key"])
+                or not all(type(raw[k]) is int for k in ("shard", "of")) or not 0 <= raw["shard"] < raw["of"]):
+            raise SandboxFailed("the sandboxed process sent a malformed claim")
+        if raw["key"] in self.seen:
+            raise SandboxFailed("the sandboxed process claimed the same shard twice")
+        self.seen.add(raw["key"])
+        return {k: raw[k] for k in ("suite", "shard", "of", "key")}
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+
+def _short_str(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_CLAIM_FIELD
 
 
 def tree_rss_mb(pid: int) -> float:

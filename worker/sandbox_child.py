@@ -1,9 +1,16 @@
 """The process inside the sandbox: ``python -m worker.sandbox_child FD``.
 
-It reads one job (JSON) from stdin, lowers its own resource limits before it reads any
-model file, runs the job with the engine and writes JSON lines to file descriptor FD:
+It reads one job (one JSON line) from stdin, lowers its own resource limits before it reads
+any model file, runs the job with the engine and writes JSON lines to file descriptor FD:
 ``{"progress": {"suite": s, "fraction": f}}`` while it runs, then ``{"result": ...}`` or
-``{"error": {"code", "message", "details"}}``. Ops:
+``{"error": {"code", "message", "details"}}``.
+
+An audit whose payload has ``"claims": true`` shares its shards with other workers: before
+each shard that is not in the checkpoint folder it sends ``{"claim": {"suite", "shard", "of",
+"key"}}`` and, before the merge, ``{"claim": {"finalize": true, "keys": [...]}}``; it waits for
+one answer line ``{"granted": bool}`` on stdin per claim (no answer in time, or anything else,
+is a refusal). Its result is then the report, or ``{"incomplete": true, "ran", "missing"}``.
+Ops:
 
 - ``check_model``: load and probe a classifier (the upload check);
 - ``check_generator``: load and probe a generator;
@@ -19,10 +26,16 @@ import importlib
 import json
 import os
 import resource
+import select
 import sys
+import time
 from typing import IO, Any
 
 MAX_JOB_BYTES = 16 * 1024 * 1024
+#: an answer is ``{"granted": true}``; anything longer is not one
+MAX_ANSWER_BYTES = 1024
+#: how long a claim waits for its answer before it counts as refused
+ANSWER_TIMEOUT_S = 300.0
 
 
 def set_limits(limits: dict[str, Any]) -> None:
@@ -41,15 +54,51 @@ def set_limits(limits: dict[str, Any]) -> None:
     cap(resource.RLIMIT_CORE, 0)
 
 
-class Channel:
-    """JSON lines to the parent."""
+class LineReader:
+    """Bounded lines from a file descriptor (stdin): the job first, then one answer per claim."""
 
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer, self.eof = fd, b"", False
+
+    def line(self, limit: int, timeout_s: float | None = None) -> bytes | None:
+        """The next line without its newline; None at end of input, past ``limit`` bytes or the timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > limit:
+                return None
+            if self.eof:  # a last line without its newline still counts
+                line, self.buffer = self.buffer, b""
+                return line or None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                    return None
+            chunk = os.read(self.fd, 1 << 20)
+            self.eof = not chunk
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line if len(line) <= limit else None
+
+
+class Channel:
+    """JSON lines to the parent; with ``answers``, claims it answers one line each."""
+
+    def __init__(self, stream: IO[str], answers: LineReader | None = None) -> None:
+        self.stream, self.answers = stream, answers
 
     def send(self, message: dict[str, Any]) -> None:
         self.stream.write(json.dumps(message, default=str) + "\n")
         self.stream.flush()
+
+    def ask(self, claim: dict[str, Any]) -> bool:
+        """Send a claim and wait for its answer: only ``{"granted": true}`` grants it."""
+        self.send({"claim": claim})
+        line = self.answers.line(MAX_ANSWER_BYTES, ANSWER_TIMEOUT_S) if self.answers is not None else None
+        try:
+            answer = json.loads(line) if line is not None else None
+        except ValueError:
+            return False
+        return isinstance(answer, dict) and answer.get("granted") is True
 
 
 def run_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
@@ -78,14 +127,21 @@ def run_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
         spec = AuditSpec.from_dict(payload["spec"])
         checkpoints = DirectoryCheckpoints(job["checkpoints"]) if job.get("checkpoints") else None
+        shared = payload.get("claims") is True
         return run_audit(spec, job["out"], on_progress=progress, roots=DataRoots(payload["data_roots"]),
-                         shard_size=payload.get("shard_size"), checkpoints=checkpoints)
+                         shard_size=payload.get("shard_size"), checkpoints=checkpoints,
+                         claim=(lambda c: channel.ask(c.to_dict())) if shared else None,
+                         finalize=(lambda keys: channel.ask({"finalize": True, "keys": keys})) if shared else None)
     raise ValueError(f"unknown sandbox op {op!r}")
 
 
 def main(argv: list[str]) -> int:
-    channel = Channel(os.fdopen(int(argv[1]), "w", encoding="utf-8"))
-    job = json.loads(sys.stdin.buffer.read(MAX_JOB_BYTES))
+    stdin = LineReader(sys.stdin.fileno())
+    channel = Channel(os.fdopen(int(argv[1]), "w", encoding="utf-8"), answers=stdin)
+    line = stdin.line(MAX_JOB_BYTES)
+    if line is None:
+        raise SystemExit("no job (one JSON line) on stdin")
+    job = json.loads(line)
     set_limits(job["limits"])
     from worker.engine.errors import AuditInputError
 

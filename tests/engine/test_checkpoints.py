@@ -57,6 +57,7 @@ def test_key_changes_with_what_the_shard_depends_on():
     assert shard_key("clean", 0, 2, **{**base, "params": {"a": 2}}) != key
     assert shard_key("clean", 0, 2, **{**base, "seed": 1}) != key
     assert shard_key("clean", 0, 2, **{**base, "sample_ids": ["x", "z"]}) != key
+    assert shard_key("clean", 0, 2, **base, engine="robustaudit 9.9, torch 2.4") != key
 
 
 def test_damaged_checkpoint_is_redone(tmp_path):

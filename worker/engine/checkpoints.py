@@ -1,8 +1,9 @@
 """Shard checkpoints: a retried audit reloads the shards it finished instead of redoing them.
 
 A killed worker then costs the shard it was on, not the audit. Each shard's partial is saved
-as JSON under a key that fingerprints the suite, its parameters, the seed and the shard's
-sample ids, so a partial is never reused for different work.
+as JSON under a key that fingerprints the suite, its parameters, the seed, the shard's
+sample ids and the engine and torch versions, so a partial is never reused for different
+work, nor merged with one a retry after a deploy computed with other code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
+
+import torch
+
+from . import __version__
 
 Partial = dict[str, Any]
 
@@ -26,9 +31,13 @@ class Checkpoints(Protocol):
 
 
 def shard_key(suite: str, index: int, count: int, *, params: dict[str, Any], seed: int,
-              sample_ids: list[str]) -> str:
-    """A file-name-safe key: readable position plus a digest of everything the shard depends on."""
-    digest = hashlib.sha256(json.dumps({"params": params, "seed": seed, "ids": sample_ids},
+              sample_ids: list[str], engine: str | None = None) -> str:
+    """A file-name-safe key: readable position plus a digest of everything the shard depends on.
+
+    ``engine`` is the code that computes it: this engine's and torch's versions unless given.
+    """
+    engine = engine if engine is not None else f"robustaudit {__version__}, torch {torch.__version__}"
+    digest = hashlib.sha256(json.dumps({"params": params, "seed": seed, "ids": sample_ids, "engine": engine},
                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{suite}-{index:05d}-of-{count:05d}-{digest}"
 

@@ -1,14 +1,16 @@
 """Run an audit end to end: resolve the model and the data, run the suites, judge the gates.
 
-The same function serves the CLI, a Celery task and a bare GPU box. Suites are run shard by
-shard and merged exactly, which is the path a distributed audit takes as well.
+The same function serves the CLI, a Celery task and a bare GPU box. An audit runs in two
+phases: every shard of every suite (any worker may take any shard, see :class:`ShardClaim`),
+then the exact merge of each suite's partials, its finalize and the gates.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,12 @@ from .card import ModelCard
 from .checkpoints import Checkpoints, as_json_data, shard_key
 from .classifier import Classifier
 from .datasets import DataRoots, load_samples
-from .errors import SpecError
-from .gates import evaluate_gates
-from .metrics import path_matches
+from .errors import AuditCancelled, SpecError
+from .gates import check_placeholder_gates, evaluate_gates
 from .models import load_classifier
 from .report import build_report, utc_now, write_json_atomic
 from .samples import SampleSet
-from .spec import AuditSpec, metric_catalog
+from .spec import AuditSpec
 from .suites import SuiteContext, get_suite
 from .suites.base import ArtifactStore, Partial, ProgressFn, Warning_
 
@@ -130,19 +131,93 @@ def clear_outputs(out_dir: str | Path) -> None:
             folder.rmdir()
 
 
-def check_placeholder_gates(spec: AuditSpec, card: ModelCard) -> None:
-    """A gate like ``clean.per_class.cat`` can only be checked once the class names are known."""
-    values = {"{class}": set(card.class_names), "{group}": set(card.hierarchy.values())}
-    catalog = metric_catalog(spec.suites)
-    for gate in spec.gates:
-        for pattern in catalog.get(gate.suite, []):
-            if not path_matches(pattern, gate.path):
-                continue
-            for pat_seg, seg in zip(pattern.split("."), gate.path.split(".")):
-                allowed = values.get(pat_seg)
-                if allowed is not None and seg not in allowed:
-                    raise SpecError(f"gate '{gate}': {seg!r} is not a known {pat_seg.strip('{}')} of this "
-                                    f"model; known: {sorted(allowed)[:20]}", gate=gate.metric)
+@dataclass(frozen=True)
+class ShardClaim:
+    """One unit of an audit that any worker may run: shard ``shard`` of ``of`` of ``suite``.
+
+    ``key`` is the shard's checkpoint key: where its partial is saved and what a claim names.
+    """
+
+    suite: str
+    shard: int
+    of: int
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "shard": self.shard, "of": self.of, "key": self.key}
+
+
+#: asked before a shard runs; False leaves it to another worker
+ClaimFn = Callable[[ShardClaim], bool]
+#: asked once every shard's partial is saved, with every shard key; False leaves the merge to another worker
+FinalizeFn = Callable[[list[str]], bool]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A planned shard: its claim, its suite's parameters and its samples."""
+
+    claim: ShardClaim
+    params: dict[str, Any]
+    samples: SampleSet
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """A claimed run that could not finish the audit here: shards others hold, or a merge another does."""
+
+    ran: list[str]
+    missing: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incomplete": True, "ran": list(self.ran), "missing": list(self.missing)}
+
+
+def plan_suite(name: str, params: dict[str, Any], samples: SampleSet, shards: int, seed: int) -> list[Shard]:
+    """The shards of one suite, in order; an empty sample set is one (empty) shard."""
+    parts = samples.shards(shards) if len(samples) else [samples]
+    return [Shard(ShardClaim(name, i, len(parts), shard_key(name, i, len(parts), params=params, seed=seed,
+                                                              sample_ids=part.ids)), params, part)
+            for i, part in enumerate(parts)]
+
+
+def suite_context(ctx: SuiteContext, suite: str, index: int = 0, count: int = 1) -> SuiteContext:
+    """A copy of ``ctx`` for one suite (or one of its ``count`` shards) that reports its progress as
+    the suite's fraction done. The caller's context is never changed, so a suite that raises leaves
+    nothing behind; ``shared`` stays the same dict, where finalize publishes for later suites."""
+    outer = ctx.on_progress
+
+    def scaled(s: str, f: float) -> None:
+        if outer is not None:
+            outer(s, (index + f) / count)
+
+    return replace(ctx, suite=suite, on_progress=scaled if count > 1 else outer)
+
+
+def _run_shard(shard: Shard, ctx: SuiteContext, checkpoints: Checkpoints | None) -> Partial:
+    """Run one shard with a context of its own; save its partial when there is a store."""
+    c = shard.claim
+    partial = get_suite(c.suite).run(suite_context(ctx, c.suite, c.shard, c.of), shard.samples, shard.params)
+    if checkpoints is not None:
+        partial = as_json_data(partial)
+        checkpoints.save(c.key, partial)
+    return partial
+
+
+def _finish_suite(name: str, params: dict[str, Any], ctx: SuiteContext, partials: list[Partial],
+                  seconds: float, resumed: int) -> dict[str, Any]:
+    """Merge a suite's partials (in shard order), finalize, and build its report entry."""
+    suite = get_suite(name)
+    sctx = suite_context(ctx, name)
+    t0 = time.perf_counter()
+    result = suite.finalize(sctx, reduce(suite.merge, partials), params)
+    sctx.progress(1.0)
+    entry = {"status": result.status.value, "params": params, "metrics": result.metrics,
+             "artifacts": result.artifacts, "warnings": result.warnings,
+             "seconds": round(seconds + time.perf_counter() - t0, 3), **result.extra}
+    if resumed:
+        entry["resumed_shards"] = resumed
+    return entry
 
 
 def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: SampleSet,
@@ -150,45 +225,21 @@ def run_suite(name: str, params: dict[str, Any], ctx: SuiteContext, samples: Sam
     """Run one suite over ``shards`` shards, merge, finalize; the report's entry for it.
 
     With ``checkpoints``, each finished shard's partial is saved, and a shard already saved
-    by an earlier attempt is loaded instead of run.
+    by an earlier attempt is loaded instead of run. ``ctx`` is left as it was.
     """
-    suite = get_suite(name)
-    suite.check_inputs(params, samples, ctx.classifier)
-    ctx.suite = name
+    get_suite(name).check_inputs(params, samples, ctx.classifier)
     t0 = time.perf_counter()
-    parts = samples.shards(shards) if len(samples) else [samples]
     partials: list[Partial] = []
-    outer = ctx.on_progress
     resumed = 0
-
-    for i, shard in enumerate(parts):
-        def scaled(s: str, f: float, i: int = i) -> None:
-            if outer is not None:
-                outer(s, (i + f) / len(parts))
-
-        ctx.on_progress = scaled
-        key = shard_key(name, i, len(parts), params=params, seed=ctx.seed, sample_ids=shard.ids)
-        saved = checkpoints.load(key) if checkpoints is not None else None
-        if saved is not None:
-            partials.append(saved)
+    for shard in plan_suite(name, params, samples, shards, ctx.seed):
+        saved = checkpoints.load(shard.claim.key) if checkpoints is not None else None
+        if saved is None:
+            saved = _run_shard(shard, ctx, checkpoints)
+        else:
             resumed += 1
-            ctx.progress(1.0)
-            continue
-        partial = suite.run(ctx, shard, params)
-        if checkpoints is not None:
-            partial = as_json_data(partial)
-            checkpoints.save(key, partial)
-        partials.append(partial)
-    ctx.on_progress = outer
-    merged = reduce(suite.merge, partials)
-    result = suite.finalize(ctx, merged, params)
-    ctx.progress(1.0)
-    entry = {"status": result.status.value, "params": params, "metrics": result.metrics,
-             "artifacts": result.artifacts, "warnings": result.warnings,
-             "seconds": round(time.perf_counter() - t0, 3), **result.extra}
-    if resumed:
-        entry["resumed_shards"] = resumed
-    return entry
+            suite_context(ctx, name, shard.claim.shard, shard.claim.of).progress(1.0)
+        partials.append(saved)
+    return _finish_suite(name, params, ctx, partials, time.perf_counter() - t0, resumed)
 
 
 def shard_count(n_samples: int, shards: int, shard_size: int | None) -> int:
@@ -200,29 +251,79 @@ def shard_count(n_samples: int, shards: int, shard_size: int | None) -> int:
     return shards
 
 
+def plan_audit(spec: AuditSpec, samples: SampleSet, shards: int) -> list[Shard]:
+    """Every shard of every suite, suites in the spec's order (each after what it requires)."""
+    return [s for name, params in spec.suites.items() for s in plan_suite(name, params, samples, shards, spec.seed)]
+
+
+def _shard_seed(seed: int, claim: ShardClaim) -> int:
+    """The global torch seed a shard starts from: a model that draws from the global generator (a
+    randomised defence) then sees the same numbers whichever worker runs the shard, after whatever."""
+    return (seed * 1_000_003 + zlib.crc32(f"{claim.suite}/{claim.shard}/{claim.of}".encode())) % (2**63)
+
+
 def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn | None = None,
               should_stop: Callable[[], bool] | None = None, roots: DataRoots | None = None,
               shards: int = 1, shard_size: int | None = None, checkpoints: Checkpoints | None = None,
-              inputs: AuditInputs | None = None) -> dict[str, Any]:
+              inputs: AuditInputs | None = None, claim: ClaimFn | None = None,
+              finalize: FinalizeFn | None = None) -> dict[str, Any]:
     """Run ``spec`` and write ``out_dir/report.json`` (and ``out_dir/artifacts/``); return the report.
+
+    Phase 1 runs every shard of every suite (a shard already in ``checkpoints`` is loaded);
+    phase 2 merges each suite's partials, finalizes the suites in order and judges the gates.
+    With ``claim``, several processes share one audit through one checkpoint store: a shard
+    runs here only if ``claim`` grants it, and the merge only once every partial is in the
+    store and ``finalize`` (when given) grants it; otherwise the result is
+    :meth:`Incomplete.to_dict` (``{"incomplete": True, "ran": [...], "missing": [...]}``).
 
     Raises an :class:`~worker.engine.errors.AuditInputError` for bad input and
     :class:`~worker.engine.errors.AuditCancelled` when ``should_stop`` turns true. No report
     file is written unless every suite completed.
     """
+    if claim is not None and checkpoints is None:
+        raise ValueError("a claimed run needs a checkpoint store: other workers' partials arrive through it")
     out = Path(out_dir)
     started = utc_now()
-    inputs = inputs or resolve_inputs(spec, roots)
-    torch.manual_seed(spec.seed)
+    inputs = inputs or resolve_inputs(spec, roots)  # check_inputs: once per suite in this process
     ctx = SuiteContext(classifier=inputs.classifier, artifacts=ArtifactStore(out / "artifacts"),
                        seed=spec.seed, on_progress=on_progress, should_stop=should_stop)
+    plan = plan_audit(spec, inputs.samples, shard_count(len(inputs.samples), shards, shard_size))
+    partials: dict[str, Partial] = {}
+    seconds: dict[str, float] = dict.fromkeys(spec.suites, 0.0)
+    ran: list[str] = []
+    for shard in plan:
+        c = shard.claim
+        saved = checkpoints.load(c.key) if checkpoints is not None else None
+        if saved is not None:
+            partials[c.key] = saved
+            suite_context(ctx, c.suite, c.shard, c.of).progress(1.0)
+            continue
+        if should_stop is not None and should_stop():
+            raise AuditCancelled("the audit was cancelled")
+        if claim is not None and not claim(c):
+            continue
+        t0 = time.perf_counter()
+        torch.manual_seed(_shard_seed(spec.seed, c))
+        partials[c.key] = _run_shard(shard, ctx, checkpoints)
+        seconds[c.suite] += time.perf_counter() - t0
+        ran.append(c.key)
+    keys = [s.claim.key for s in plan]
+    if claim is not None:
+        assert checkpoints is not None
+        for key in keys:  # other workers saved theirs meanwhile
+            if key not in partials and (saved := checkpoints.load(key)) is not None:
+                partials[key] = saved
+        missing = [k for k in keys if k not in partials]
+        if missing or (finalize is not None and not finalize(keys)):
+            return Incomplete(ran, missing).to_dict()
     suites: dict[str, dict[str, Any]] = {}
     for name, params in spec.suites.items():
-        suites[name] = run_suite(name, params, ctx, inputs.samples, checkpoints=checkpoints,
-                                 shards=shard_count(len(inputs.samples), shards, shard_size))
+        own = [s.claim.key for s in plan if s.claim.suite == name]
+        suites[name] = _finish_suite(name, params, ctx, [partials[k] for k in own], seconds[name],
+                                     resumed=sum(k not in ran for k in own))
     gates = evaluate_gates(spec.gates, {n: s["metrics"] for n, s in suites.items()},
                            unreliable={n: s.get("unreliable") for n, s in suites.items()},
-                           accept_unreliable=spec.accept_unreliable)
+                           accept_unreliable=spec.accept_unreliable, baseline=spec.baseline)
     report = build_report(spec=spec.to_dict(), started=started, finished=utc_now(),
                           classifier=inputs.classifier, samples=inputs.samples, suites=suites, gates=gates,
                           warnings=inputs.warnings)
