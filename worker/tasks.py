@@ -216,7 +216,8 @@ def _ended(storage: Storage, part: Participation, written: bool, status: AuditSt
     """After our write of an outcome: the checkpoints go only if the write was ours (a reaped
     worker must not delete what the new holder is using)."""
     if not written:
-        log.info("audit %s: not ours any more (taken over, or ended by another worker)", part.audit_id)
+        log.warning("audit %s: not ours any more (taken over, or ended by another worker); nothing written",
+                    part.audit_id)
         return None
     storage.clear_checkpoints(part.audit_id)
     return status
