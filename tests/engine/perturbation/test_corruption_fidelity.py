@@ -8,6 +8,9 @@ Our weights and indices are compared with PIL's own, read off impulse images in 
 
 shot noise: the vectorised sampler is an exact inversion; a chi-square test per rate, over many
 rates, must not reject the Poisson law, and the same test must reject a near miss.
+
+snow: given the same random draws, ours equals imagecorruptions' snow (its zoomed layer is
+motion-blurred before the crop).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engine.perturbation.reference_corruptions import picture
 from worker.engine.suites.perturbation.corruptions import SampleRandom, corrupt
 from worker.engine.suites.perturbation.corruptions.digital import PIXELATE, box_weights, nearest_index
 from worker.engine.suites.perturbation.corruptions.poisson import TABLE_MAX_RATE, poisson_from_uniforms
@@ -172,3 +176,28 @@ def test_shot_noise_keeps_the_poisson_law_per_pixel():
     y = corrupt(x, "shot_noise", 3, SampleRandom.from_seeds([7, 8, 9]))
     counts = (y * photons).round().view(-1).numpy()
     assert chi_square_p(counts, 0.4 * photons) > 1e-3
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_snow_equals_imagecorruptions_given_the_same_draws(size, monkeypatch):
+    # imagecorruptions' snow itself, fed our normal noise and angle through numpy's sampler:
+    # what is left to differ is arithmetic (float32 here, float64 there), not the method.
+    icc = pytest.importorskip("imagecorruptions.corruptions")
+    from worker.engine.suites.perturbation.corruptions.weather import SNOW
+
+    img = torch.nn.functional.interpolate(picture(3)[None], size=(size, size), mode="bilinear")[0]
+    img = (img * 255).round() / 255
+    for severity in (1, 2, 3, 4, 5):
+        for seed in range(3):
+            ours = corrupt(img[None], "snow", severity, SampleRandom.from_seeds([seed]))[0]
+            again = SampleRandom.from_seeds([seed])  # the same stream, drawn in snow's order
+            mean, std = SNOW[severity - 1][:2]
+            noise = again.normal((size, size), mean, std)[0].double().numpy()
+            angle = float(again.uniform((), -135.0, -45.0)[0])
+            monkeypatch.setattr(np.random, "normal", lambda size, loc, scale, out=noise: out)
+            monkeypatch.setattr(np.random, "uniform", lambda lo, hi, out=angle: out)
+            arr = np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            want = torch.from_numpy(np.asarray(icc.snow(arr, severity)) / 255).permute(2, 0, 1)
+            err = (ours.double() - want).abs()
+            # The layer is rounded to 8 bits on both sides: a float difference may flip one level.
+            assert err.max() <= 1 / 255 + 1e-5 and err.mean() < 2e-4, (severity, seed, float(err.max()))

@@ -116,16 +116,20 @@ def disk_kernel(radius: int, alias_blur: float) -> torch.Tensor:
     return blurred[0, 0].float()
 
 
-def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Zoom into the centre by ``factor`` >= 1 (bilinear, corners aligned) and keep the input size."""
+def clipped_zoom(x: torch.Tensor, factor: float, *, crop: bool = True) -> torch.Tensor:
+    """Zoom into the centre by ``factor`` >= 1 (bilinear, corners aligned) and keep the input size.
+
+    The zoomed centre is round(ceil(size / factor) * factor) pixels, one or two more than
+    the input at some factors; ``crop=False`` returns it whole (snow blurs it before cropping).
+    """
     h, w = x.shape[-2:]
     ch, cw = math.ceil(h / factor), math.ceil(w / factor)
     top, left = (h - ch) // 2, (w - cw) // 2
     # One-channel planes: torch's CPU bilinear kernel is about three times faster on them.
-    crop = x.reshape(-1, 1, *x.shape[-2:])[..., top:top + ch, left:left + cw]
+    centre = x.reshape(-1, 1, *x.shape[-2:])[..., top:top + ch, left:left + cw]
     size = (max(h, round(ch * factor)), max(w, round(cw * factor)))
-    out = F.interpolate(crop, size=size, mode="bilinear", align_corners=True)
-    return out.view(*x.shape[:-2], *size)[..., :h, :w]
+    out = F.interpolate(centre, size=size, mode="bilinear", align_corners=True).view(*x.shape[:-2], *size)
+    return out[..., :h, :w] if crop else out
 
 
 def shift_gather(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:

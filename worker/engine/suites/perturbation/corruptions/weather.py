@@ -25,10 +25,14 @@ def snow(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     mean, std, zoom, thresh, radius, sigma, blend = SNOW[severity - 1]
     n, c, h, w = x.shape
     flakes = rng.normal((1, h, w), mean, std)
-    flakes = ops.clipped_zoom(flakes, zoom)
+    # As in ImageNet-C, the zoomed layer (a pixel or two larger than the image at some zooms) is
+    # blurred whole and cropped after: the blur then drops a tap only once it leaves the larger
+    # layer and carries flakes in from beyond the edge. Cropping first lost up to 9% of the snow
+    # on 16 px images (severities 4 and 5).
+    flakes = ops.clipped_zoom(flakes, zoom, crop=False)
     flakes = flakes.masked_fill(flakes < thresh, 0.0).clamp_(0, 1)
     angle = rng.uniform((), -135.0, -45.0)
-    flakes = ops.motion_blur(flakes, radius, sigma, angle)
+    flakes = ops.motion_blur(flakes, radius, sigma, angle)[..., :h, :w]
     flakes = flakes.mul(255).round_().div_(255)
     base = torch.maximum(x, (ops.gray(x) * 1.5).add_(0.5)).mul_(1 - blend)
     base += blend * x
