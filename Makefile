@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@# the sandbox for uploaded models (bubblewrap); the service refuses models without it
 	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) \
 	  || echo "warning: install bubblewrap (apt-get install bubblewrap): without it the service refuses uploads"; }
+	@# a headless browser for the report.html test (Debian's chromium, driven by playwright; skipped without it)
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "warning: install chromium (apt-get install chromium): without it the report.html browser test is skipped"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,biggan,service,timm,hf,onnx]'

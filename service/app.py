@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask
 
 from . import __version__
-from .api import audits_api, models_api, ops, schedules_api
+from .api import audits_api, compare_api, models_api, ops, report_html_api, schedules_api
 from .api.bounds import BoundedRequest, check_request
 from .api.context import Services
 from .api.errors import RobustauditApi, register_error_handlers
@@ -65,7 +65,7 @@ def create_app(config: Config | None = None, *, dispatcher: Dispatcher | None = 
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     api.spec.components.schema("AuditRequest", schema=audit_request_schema())
     api.spec.components.schema("ScheduleRequest", schema=schedule_request_schema())
-    for blp in (models_api.blp, audits_api.blp, schedules_api.blp):
+    for blp in (models_api.blp, audits_api.blp, report_html_api.blp, compare_api.blp, schedules_api.blp):
         api.register_blueprint(blp)
     app.extensions["robustaudit.api"] = api
     app.register_blueprint(ops.bp)

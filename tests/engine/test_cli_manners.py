@@ -102,7 +102,8 @@ def test_reused_out_keeps_only_this_run(tiny_model: Path, tmp_path: Path, data_r
     code = main(["audit", "--quiet", "--model", str(tiny_model), "--dataset", "builtin:digits", "--n-samples", "10",
                  "--out", str(out)])
     assert code == 0
-    assert not stale.exists() and not stale.parent.exists() and not (out / "report.html").exists()
+    assert not stale.exists() and not stale.parent.exists()
+    assert (out / "report.html").read_text() != "an earlier report"  # this run's page replaced it
     assert all(p.read_text() == "not ours" for p in theirs)
     assert target.read_text() == "outside"  # a link in our folder is removed, never followed
     assert not (out / "artifacts" / "attacks" / "link.png").is_symlink()

@@ -4,8 +4,8 @@
     >>> report = audit(model, images, labels, suites={"attacks": {}}, gates=["clean.top1>=0.9"])
     >>> report["verdict"]
 
-It returns the same report as ``robustaudit audit`` (and writes ``report.json`` and the
-artifacts when ``out`` is given): both build :class:`~worker.engine.runner.AuditInputs` and
+It returns the same report as ``robustaudit audit`` (and writes ``report.json``, ``report.html``
+and the artifacts when ``out`` is given): both build :class:`~worker.engine.runner.AuditInputs` and
 call :func:`~worker.engine.runner.run_audit`, so validation, suites, gates and report are the
 same code. The module is the caller's own object in the caller's own process, so it is not
 sandboxed and no format check applies: that is for checkpoints sent to the service.
@@ -140,7 +140,7 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
           class_names: Sequence[str] | None = None, mean: Sequence[float] | None = None,
           std: Sequence[float] | None = None, out: str | Path | None = None, seed: int = 0,
           device: str = "cpu", accept_unreliable: bool = False, hierarchy: dict[str, str] | None = None,
-          name: str | None = None, on_progress: ProgressFn | None = None) -> dict[str, Any]:
+          name: str | None = None, on_progress: ProgressFn | None = None, html: bool = True) -> dict[str, Any]:
     """Audit ``model`` on ``images`` and return the report (the CLI's, same schema).
 
     Args:
@@ -161,6 +161,7 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
         hierarchy: class name -> group name, for the attacks suite's group rates.
         name: the model's display name in the report (default: its class name).
         on_progress: called with (suite, fraction done).
+        html: with ``out``, also write ``out/report.html`` (the page a person reads).
 
     Raises:
         AuditInputError: bad suites, gates, images, labels or a model whose output does not fit.
@@ -195,6 +196,11 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
         inputs = prepare_inputs(spec, classifier, samples)
         if out is not None:
             clear_outputs(out)
-            return run_audit(spec, out, inputs=inputs, on_progress=on_progress)
+            report = run_audit(spec, out, inputs=inputs, on_progress=on_progress)
+            if html:
+                from .html import write_report_html
+
+                write_report_html(report, out)
+            return report
         with tempfile.TemporaryDirectory(prefix="robustaudit-") as tmp:
             return run_audit(spec, tmp, inputs=inputs, on_progress=on_progress)

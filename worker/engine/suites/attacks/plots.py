@@ -55,7 +55,7 @@ def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     ax.scatter(xs, ys)
     for c, x, y in zip(names, xs, ys):
-        ax.annotate(c, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
+        ax.annotate(c, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8, parse_math=False)
     rho = targeted["spearman"]["value"]
     ax.set_title(f"modify vs mimic (Spearman {rho:.2f})" if rho is not None else "modify vs mimic")
     ax.set_xlabel("modify rate (as source)")

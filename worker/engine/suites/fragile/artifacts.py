@@ -51,7 +51,7 @@ def draw_maps(path: Path, maps: dict[FriType, torch.Tensor], confidence: torch.T
                         Patch(color=colours[0], label="-1: wrong, a move/shrink makes it right"),
                         Patch(color=colours[1], label="0: not fragile")],
                loc="lower center", ncols=3, fontsize=8, frameon=False)
-    fig.suptitle(f"{title}; cell (i, j) = the region with top-left corner (i, j)", fontsize=10)
+    fig.suptitle(f"{title}; cell (i, j) = the region with top-left corner (i, j)", fontsize=10, parse_math=False)
     fig.savefig(path)
 
 
@@ -81,7 +81,7 @@ def draw_pairs(path: Path, pairs: list[PairView], *, title: str) -> None:
         for ax, img, caption in ((row[0], pair.correct_image, pair.correct_caption),
                                  (row[1], pair.flipped_image, pair.flipped_caption)):
             ax.imshow(_as_picture(img).numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(caption, fontsize=8)
+            ax.set_title(caption, fontsize=8, parse_math=False)
             ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, parse_math=False)
     fig.savefig(path)

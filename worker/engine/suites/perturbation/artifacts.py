@@ -30,10 +30,10 @@ def example_grid(examples: list[dict[str, Any]], path: Path, *, title: str, clas
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_title(f"{_name(ex['label'], class_names)} (original)", fontsize=8)
+                ax.set_title(f"{_name(ex['label'], class_names)} (original)", fontsize=8, parse_math=False)
             else:
-                ax.set_title(f"-> {_name(ex['pred'], class_names)} (eps {ex['eps']:.3g})", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+                ax.set_title(f"-> {_name(ex['pred'], class_names)} (eps {ex['eps']:.3g})", fontsize=8, parse_math=False)
+    fig.suptitle(title, fontsize=9, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

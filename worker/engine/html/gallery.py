@@ -1,0 +1,135 @@
+"""The per-image artifacts of report.html: a size-bounded gallery and an index of every file.
+
+Images are embedded as ``data:`` URIs so the page opens offline; only PNG files whose bytes
+start with the PNG signature are embedded (a file in the output folder is not proof of what
+it holds). Past the caps, images are left out and the page says how many; every file, shown
+or not, is listed with a link relative to the report (``artifacts/<suite>/<name>``), which
+resolves beside ``OUT/report.html`` and under ``/v1/audits/{id}/report.html`` alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: fragile artifacts are <sample>_<rkey>_maps.png / _pairs.png (rkey r80 or r_0p8): one card per (sample, r)
+_FRAGILE = re.compile(r"^(?P<stem>.+_r_?[0-9p]+)_(?P<kind>maps|pairs)\.png$")
+
+
+@dataclass(frozen=True)
+class GalleryLimits:
+    """Caps on what the page embeds.
+
+    Args:
+        max_images: images embedded at most, over all suites.
+        max_images_per_suite: images embedded at most per suite, so that one suite's many
+            files leave room for the others'.
+        max_bytes: bytes of embedded images at most (before base64).
+        max_file_bytes: a single image larger than this is linked, not embedded.
+    """
+
+    max_images: int = 40
+    max_images_per_suite: int = 12
+    max_bytes: int = 6 * 1024 * 1024
+    max_file_bytes: int = 1024 * 1024
+
+
+DEFAULT_LIMITS = GalleryLimits()
+
+
+@dataclass
+class Picture:
+    caption: str
+    href: str
+    src: str | None = None  # data: URI, None when left out
+
+
+@dataclass
+class Card:
+    """Pictures shown side by side (fragile: the maps beside the example pairs)."""
+
+    title: str
+    pictures: list[Picture]
+
+
+@dataclass
+class Gallery:
+    cards: dict[str, list[Card]] = field(default_factory=dict)
+    files: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)  # suite -> (href, size)
+    shown: int = 0
+    left_out: int = 0
+    left_out_bytes: int = 0
+    shown_bytes: int = 0
+
+
+def _resolve(out_dir: Path | None, rel: str) -> Path | None:
+    """The file of an artifact path from the report, or None if it is missing or leaves ``out_dir``."""
+    if out_dir is None or not rel.startswith("artifacts/"):
+        return None
+    root = out_dir.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root / "artifacts") or not path.is_file():
+        return None
+    return path
+
+
+def _cards(suite: str, names: list[str]) -> list[Card]:
+    """Group a suite's PNG artifacts into cards: fragile by (sample, r), the others one per file."""
+    cards: list[Card] = []
+    if suite == "fragile":
+        by_stem: dict[str, dict[str, str]] = {}
+        for rel in names:
+            m = _FRAGILE.match(rel.rsplit("/", 1)[-1])
+            if m:
+                by_stem.setdefault(m["stem"], {})[m["kind"]] = rel
+        for stem, kinds in by_stem.items():
+            pics = [Picture({"maps": "FRI maps and confidence", "pairs": "example pairs"}[k], kinds[k])
+                    for k in ("maps", "pairs") if k in kinds]
+            cards.append(Card(stem, pics))
+        grouped = {rel for kinds in by_stem.values() for rel in kinds.values()}
+        names = [rel for rel in names if rel not in grouped]
+    for rel in names:
+        stem = rel.rsplit("/", 1)[-1].removesuffix(".png")
+        cards.append(Card(stem.replace("_", " "), [Picture(stem, rel)]))
+    return cards
+
+
+def build_gallery(suites: Mapping[str, Mapping[str, Any]], out_dir: Path | None,
+                  limits: GalleryLimits = DEFAULT_LIMITS) -> Gallery:
+    """Cards of embedded images per suite (within ``limits``) and the index of every artifact file."""
+    gallery = Gallery()
+    for suite, entry in suites.items():
+        rels = [str(a) for a in entry.get("artifacts") or [] if isinstance(a, str)]
+        gallery.files[suite] = []
+        for rel in rels:
+            path = _resolve(out_dir, rel)
+            gallery.files[suite].append((rel, path.stat().st_size if path is not None else None))
+        cards = _cards(suite, [r for r in rels if r.endswith(".png")])
+        before = gallery.shown
+        for card in cards:
+            for pic in card.pictures:
+                _embed(pic, out_dir, limits, gallery, room=gallery.shown - before < limits.max_images_per_suite)
+        shown = [card for card in cards if any(pic.src for pic in card.pictures)]  # the rest: in the index
+        if shown:
+            gallery.cards[suite] = shown
+    return gallery
+
+
+def _embed(pic: Picture, out_dir: Path | None, limits: GalleryLimits, gallery: Gallery, room: bool) -> None:
+    path = _resolve(out_dir, pic.href)
+    size = path.stat().st_size if path is not None else 0
+    fits = (room and path is not None and size <= limits.max_file_bytes and gallery.shown < limits.max_images
+            and gallery.shown_bytes + size <= limits.max_bytes)
+    data = path.read_bytes() if fits and path is not None else b""
+    if not fits or not data.startswith(PNG_SIGNATURE):
+        gallery.left_out += 1
+        gallery.left_out_bytes += size
+        return
+    pic.src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    gallery.shown += 1
+    gallery.shown_bytes += len(data)
