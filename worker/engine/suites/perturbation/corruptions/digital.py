@@ -60,7 +60,7 @@ def elastic_transform(x: torch.Tensor, severity: int, rng: SampleRandom) -> torc
 def pixelate(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     """PIL's BOX downsampling, then its NEAREST upsampling back to the original size (ImageNet-C).
 
-    Both are matrix products or index gathers on the whole batch; on float images they give
+    Both are matrix products or an index gather on the whole batch; on float images they give
     PIL's float ("F") resize to float32 rounding.
     """
     c = PIXELATE[severity - 1]
@@ -69,9 +69,10 @@ def pixelate(x: torch.Tensor, severity: int, rng: SampleRandom) -> torch.Tensor:
     rows = box_weights(h, sh, x.device, x.dtype)
     cols = box_weights(w, sw, x.device, x.dtype)
     small = rows @ x @ cols.T
-    up_rows = nearest_index(sh, h).to(x.device)
-    up_cols = nearest_index(sw, w).to(x.device)
-    return small.index_select(-2, up_rows).index_select(-1, up_cols)
+    # One gather over each flattened plane (a gather per axis is ten times slower on a CPU).
+    flat = (nearest_index(sh, h).view(-1, 1) * sw + nearest_index(sw, w).view(1, -1)).view(-1)
+    n, ch = x.shape[:2]
+    return small.reshape(n * ch, sh * sw).index_select(1, flat.to(x.device)).view(n, ch, h, w)
 
 
 @functools.lru_cache(maxsize=64)
