@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from . import lifecycle
 from .audits import create_audit
+from .baselines import schedule_run_request
 from .config import Config
 from .dispatch import Dispatcher, send_audit
 from .store import Store
@@ -58,7 +59,8 @@ def tick(store: Store, dispatcher: Dispatcher, now: datetime | None = None) -> l
             model = s.get(Model, sched.model_id)
             if model is None:
                 continue
-            audit = create_audit(s, tenant=sched.tenant, model=model, request=dict(sched.request),
+            # the run is judged against (and records) the schedule's previous successful run
+            audit = create_audit(s, tenant=sched.tenant, model=model, request=schedule_run_request(s, sched),
                                  schedule_id=sched.id)
         created.append(audit.id)
         try:

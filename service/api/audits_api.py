@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from worker.engine.datasets import DataRoots
 
 from ..audits import build_request, cancel_audit, create_audit, find_idempotent, request_hash
+from ..baselines import with_baseline
 from ..dispatch import send_audit
 from ..lifecycle import copies, dispatch_failed
 from ..store.models import Audit
@@ -112,6 +113,7 @@ class Audits(MethodView):
                 if found is not None:
                     return _created_or_conflict(found, digest)
             model = get_model(s, body["model"])
+            body = with_baseline(s, tenant(), body, required=True)  # an audit id -> the baseline's values
             req = build_request(body, model, DataRoots(services().config.data_roots),
                                 lambda model_id: find_model(s, model_id))
             try:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from worker.engine.datasets import DataRoots
 
 from ..audits import build_request, runs_with_deltas
+from ..baselines import with_baseline
 from ..scheduler import next_run, valid_cron
 from ..store.models import Audit, Schedule, utcnow
 from .audits_api import load_body
@@ -44,6 +45,7 @@ class Schedules(MethodView):
                            code="validation_error", errors={"cron": ["invalid cron expression"]})
         with services().store.session() as s:
             model = get_model(s, body["model"])
+            body = with_baseline(s, tenant(), body, required=False)  # none: each run compares with the previous
             req = build_request(body, model, DataRoots(services().config.data_roots),
                                 lambda model_id: find_model(s, model_id))
             now = utcnow()

@@ -55,6 +55,11 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
         gates = fields.List(fields.Raw(), load_default=list, metadata={"description": GATE_DOC})
         seed = fields.Integer(strict=True, validate=validate.Range(min=0, max=INT64_MAX), load_default=0)
         label = fields.String(allow_none=True, validate=validate.Length(max=MAX_LABEL), load_default=None)
+        baseline = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_ID), load_default=None,
+                                 metadata={"description": "id of a succeeded audit of yours that gates written "
+                                           "against a baseline compare with ('clean.top1 >= baseline - 0.05'); "
+                                           "for a schedule, leave it out to compare each run with the previous "
+                                           "successful one"})
         accept_unreliable = fields.Boolean(truthy={True}, falsy={False}, load_default=False, metadata={
             "description": "let gates pass on attack metrics that a sanity flag makes unreliable (masked "
                            "gradients, randomness) when no gradient-free attack backs them; recorded in the report"})
@@ -181,7 +186,44 @@ class RunSchema(Schema):
     delta = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True),
                         metadata={"description": "headline metric path -> change since the previous "
                                                  "succeeded run (null when either is missing)"})
+    baseline_id = fields.String(allow_none=True, metadata={"description": "the previous succeeded run compared with"})
+    changes = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "how many metrics regressed, improved, changed, ... since that run (as in /compare)"})
+    regressions = fields.List(fields.Dict(), metadata={
+        "description": "the largest regressions since that run: {metric, baseline, value, delta}"})
 
 
 class RunListSchema(Schema):
     items = fields.List(fields.Nested(RunSchema))
+
+
+class CompareQuerySchema(Schema):
+    baseline = fields.String(validate=validate.Length(min=1, max=MAX_ID), metadata={
+        "description": "the audit to compare with (default: the baseline the audit was judged against)"})
+
+
+class ChangeSchema(Schema):
+    metric = fields.String(metadata={"description": "SUITE.path of the metric leaf"})
+    change = fields.String(metadata={"enum": ["regression", "changed", "improvement", "timing", "added", "removed"]})
+    better = fields.String(metadata={"enum": ["higher", "lower", "neither"],
+                                     "description": "which way the metric improves"})
+    unit = fields.String()
+    baseline = fields.Float(allow_none=True)
+    value = fields.Float(allow_none=True)
+    delta = fields.Float(allow_none=True)
+    size = fields.Float(allow_none=True, metadata={"description": "how large the change is: points for shares, "
+                                                                  "relative to the baseline otherwise"})
+    outside_baseline_ci95 = fields.Boolean(allow_none=True, metadata={
+        "description": "the value lies outside the baseline's 95% interval (null: no interval)"})
+
+
+class ComparisonSchema(Schema):
+    baseline = fields.Dict(metadata={"description": "{audit_id, finished, model_sha256, n_samples}"})
+    current = fields.Dict(metadata={"description": "{audit_id, finished, model_sha256, n_samples}"})
+    verdict = fields.Dict(metadata={"description": "{baseline, current}"})
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                         metadata={"description": "change kind -> number of metrics, and unchanged"})
+    warnings = fields.List(fields.String(), metadata={"description": "why numbers may differ besides the model"})
+    changes = fields.List(fields.Nested(ChangeSchema), metadata={
+        "description": "every metric that changed: regressions first (largest first), then other changes, "
+                       "improvements, timings, and metrics only one report has"})
