@@ -27,17 +27,24 @@ def write_npz(path: Path, arrays: dict[str, torch.Tensor]) -> None:
     np.savez_compressed(path, **data)
 
 
-def draw_maps(path: Path, maps: dict[FriType, torch.Tensor], confidence: torch.Tensor, *, title: str) -> None:
-    """One PNG: a panel per FRI map (three colours, with a legend) and the confidence map (colour bar)."""
+def draw_maps(path: Path, maps: dict[FriType, torch.Tensor], confidence: torch.Tensor, *, title: str,
+              source: torch.Tensor | None = None) -> None:
+    """One PNG: the source image (when given) beside a panel per FRI map (three colours, with a
+    legend) and the confidence map (colour bar), so a reader sees what the maps are of."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     colours = ["#2166ac", "#f0f0f0", "#b2182b"]  # -1, 0, +1
     cmap = ListedColormap(colours)
-    panels = len(maps) + 1
+    panels = len(maps) + 1 + (source is not None)
     fig = Figure(figsize=(2.6 * panels, 3.2), dpi=80)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    if source is not None:
+        ax = axes.pop(0)
+        ax.imshow(_as_picture(source).numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title("source image", fontsize=9)
+        ax.set_axis_off()
     for ax, (kind, fri) in zip(axes, maps.items()):
         ax.imshow(fri.numpy(), cmap=cmap, vmin=-1.5, vmax=1.5, interpolation="nearest")
         ax.set_title(FRI_TITLES[kind], fontsize=9)

@@ -179,7 +179,7 @@ class FragileSuite(Suite):
         if params["pngs"]:
             title = f"{sid} (label {self._class_name(ctx, label)}), r={r:g}, l={job.side}"
             png = ctx.artifacts.path(self.name, f"{stem}_maps.png")
-            draw_maps(png, {t: fri[t] for t in wanted}, confidence_l, title=title)
+            draw_maps(png, {t: fri[t] for t in wanted}, confidence_l, title=title, source=image)
             artifacts.append(ctx.artifacts.relative(png))
             pairs = choose_pairs(correct_l, correct_l2, fri[FriType.LOOSE_SHIFT], fri[FriType.LOOSE_SHRINK],
                                  job.side, params["example_pairs"])
