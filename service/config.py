@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from worker.engine.datasets.roots import default_data_root
+
 PREFIX = "ROBUSTAUDIT_"
 
 
@@ -136,7 +138,7 @@ class Config:
             broker_url=env.get(PREFIX + "BROKER_URL") or f"sqla+sqlite:///{home / 'broker.sqlite'}",
             broker_prefix=env.get(PREFIX + "BROKER_PREFIX", ""),
             storage_dir=storage,
-            data_roots=roots or (storage / "data",),
+            data_roots=roots or (default_data_root(env),),  # the engine's own default
             token_hashes=_tokens(env),
             max_upload_mb=_number(env, "MAX_UPLOAD_MB", 512.0),
             soft_time_limit_s=_number(env, "SOFT_TIME_LIMIT_S", 6 * 3600.0),

@@ -462,8 +462,23 @@ def test_roots_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert list(roots) == [Path(os.path.realpath(a)), Path(os.path.realpath(b))]
     assert roots.resolve("x.npz") == Path(os.path.realpath(b / "x.npz"))
     monkeypatch.delenv("ROBUSTAUDIT_DATA_ROOTS")
-    monkeypatch.chdir(a)
-    assert list(DataRoots.from_env()) == [Path(os.path.realpath(a))]
+    monkeypatch.delenv("ROBUSTAUDIT_HOME", raising=False)
+    monkeypatch.delenv("ROBUSTAUDIT_STORAGE_DIR", raising=False)
+    monkeypatch.chdir(a)  # the default is the storage folder's data/, never the working directory itself
+    assert list(DataRoots.from_env()) == [Path(os.path.realpath(a / "var" / "storage" / "data"))]
+
+
+@pytest.mark.parametrize("env", [{}, {"ROBUSTAUDIT_HOME": "h"}, {"ROBUSTAUDIT_STORAGE_DIR": "/srv/s"},
+                                 {"ROBUSTAUDIT_HOME": "h", "ROBUSTAUDIT_STORAGE_DIR": "s"},
+                                 {"ROBUSTAUDIT_DATA_ROOTS": "d1" + os.pathsep + "d2"}])
+def test_the_service_and_the_engine_agree_on_the_data_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            env: dict[str, str]) -> None:
+    from service.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    engine = list(DataRoots.from_env(env))
+    assert [Path(os.path.realpath(r)) for r in Config.from_env(env).data_roots] == engine
+    assert Path(os.path.realpath(tmp_path)) not in engine  # never the working directory by default
 
 
 def test_env_roots_are_used_by_default(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

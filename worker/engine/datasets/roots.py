@@ -16,6 +16,20 @@ from ..errors import DatasetError, PathNotAllowedError
 ENV_VAR = "ROBUSTAUDIT_DATA_ROOTS"
 
 
+def default_data_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The data root when ``ROBUSTAUDIT_DATA_ROOTS`` is unset: ``data`` in the service's storage folder
+    (``ROBUSTAUDIT_STORAGE_DIR``, else ``ROBUSTAUDIT_HOME``/storage, else ``var/storage``), absolute.
+
+    The one definition behind both :meth:`DataRoots.from_env` (CLI, engine) and the service's
+    ``Config``, so a dataset path the CLI accepts is the one the service accepts. Never the working
+    directory: that would show the code, and the service's own files, to every audit.
+    """
+    env = os.environ if environ is None else environ
+    home = Path(env.get("ROBUSTAUDIT_HOME") or "var")
+    storage = Path(env.get("ROBUSTAUDIT_STORAGE_DIR") or home / "storage")
+    return (storage / "data").absolute()
+
+
 class DataRoots:
     """The directories dataset paths must resolve into.
 
@@ -33,12 +47,12 @@ class DataRoots:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DataRoots:
         """Roots from ``ROBUSTAUDIT_DATA_ROOTS`` (``os.pathsep``-separated directories).
 
-        When the variable is unset or empty, the only root is the current working directory.
+        When the variable is unset or empty, the only root is :func:`default_data_root`.
         Relative entries are taken relative to the current working directory.
         """
         env = os.environ if environ is None else environ
         entries = [e for e in env.get(ENV_VAR, "").split(os.pathsep) if e.strip()]
-        return cls(entries or [os.getcwd()])
+        return cls(entries or [default_data_root(env)])
 
     def __iter__(self) -> Iterator[Path]:
         return iter(self.roots)

@@ -9,6 +9,7 @@ intervals over images are computed once, in :meth:`FragileSuite.finalize`.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -302,9 +303,13 @@ def _waves(jobs: list[_Job], sizes: Sequence[tuple[int, int]]) -> list[list[_Job
 
 
 def _safe(sample_id: str) -> str:
-    """A sample id as a plain file name."""
-    out = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in sample_id)
-    return out or "sample"
+    """A sample id as a plain file name, distinct for distinct ids (shards of one audit write into
+    one folder): ``rand:3`` -> ``rand_3``; an id the plain form cannot tell apart (``a/b.png``,
+    ``a_b``) gets ``~`` and a digest of the id."""
+    out = "".join(ch if ch.isalnum() or ch == "-" else "_" for ch in sample_id)
+    if sample_id and all(ch.isalnum() or ch in "-:" for ch in sample_id):
+        return out  # only ':' became '_': reversible
+    return f"{out}~{hashlib.sha256(sample_id.encode()).hexdigest()[:8]}"
 
 
 
