@@ -1,6 +1,8 @@
 """``robustaudit submit``: the CI-gate client. Uploads a model if given a file, submits an audit,
-and with ``--wait`` polls with a progress bar. Exit codes: 0 pass, 1 fail, 2 error (bad
-input, HTTP error, failed or cancelled audit, timeout). Standard library only.
+and with ``--wait`` polls with a progress bar (log lines when stderr is not a terminal). With
+``--out DIR`` it saves report.json and report.html there, with ``--junit FILE`` one JUnit test
+case per gate. Exit codes: 0 pass, 1 fail, 2 error (bad input, HTTP error, failed or cancelled
+audit, timeout). Standard library only.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.engine.cli import ProgressBar
+from worker.engine.cli import ProgressBar, ProgressLog, progress_reporter
 from worker.engine.errors import AuditInputError
+from worker.engine.junit import write_junit
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -42,6 +45,12 @@ class Client:
 
     def request(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
                 headers: Mapping[str, str] | None = None) -> Any:
+        data = self.raw(method, path, body=body, content_type=content_type, headers=headers)
+        return json.loads(data) if data else None
+
+    def raw(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
+            headers: Mapping[str, str] | None = None) -> bytes:
+        """The answer's body as bytes (a page, a file); an HTTP error raises :class:`ClientError`."""
         req = urllib.request.Request(self.base_url + path, data=body, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
@@ -64,7 +73,7 @@ class Client:
             raise ClientError(f"HTTP {exc.code} {method} {path}: {msg}") from None
         except urllib.error.URLError as exc:
             raise ClientError(f"cannot reach {self.base_url}: {exc.reason}") from None
-        return json.loads(data) if data else None
+        return bytes(data)
 
     def json(self, method: str, path: str, payload: Any = None, **kw: Any) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
@@ -84,15 +93,21 @@ class Client:
 
 
 def wait_for(client: Client, audit_id: str, *, timeout: float, poll: float = 1.0,
-             bar: ProgressBar | None = None) -> dict[str, Any]:
-    """Poll until the audit is finished; the audit body."""
+             bar: ProgressBar | ProgressLog | None = None) -> dict[str, Any]:
+    """Poll until the audit is finished; the audit body. A log (not a terminal) gets a line when
+    the status changes, and the bar's lines once a suite has started."""
     deadline = time.monotonic() + timeout
     shown: dict[str, float] = {}
+    status = None
     while True:
         audit: dict[str, Any] = client.json("GET", f"/v1/audits/{audit_id}")
+        if isinstance(bar, ProgressLog) and audit["status"] != status:
+            bar.note(f"audit {audit_id} {audit['status']}")
+        status = audit["status"]
         if bar is not None:
             for suite, fraction in audit.get("progress", {}).items():
-                if shown.get(suite) != fraction and (fraction > 0 or suite not in shown):
+                first = suite not in shown and not isinstance(bar, ProgressLog)  # a log starts a suite at > 0
+                if shown.get(suite) != fraction and (fraction > 0 or first):
                     bar(suite, fraction)
                     shown[suite] = fraction
         if audit["status"] in ("succeeded", "failed", "cancelled"):
@@ -132,13 +147,18 @@ def build_body(args: argparse.Namespace, model_id: str) -> dict[str, Any]:
                  "gates": list(body.get("gates", [])) + list(args.gate)})
     if args.label:
         body["label"] = args.label
+    if args.baseline:
+        body["baseline"] = args.baseline
     return body
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("ROBUSTAUDIT_URL", "http://127.0.0.1:8000")
     client = Client(url, args.token or os.environ.get("ROBUSTAUDIT_TOKEN") or None)
+    t0 = time.monotonic()
     try:
+        if (args.out or args.junit) and not args.wait:
+            raise ClientError("--out and --junit need --wait (they write the finished audit's results)")
         model_id = args.model
         path = Path(args.model)
         if path.is_file():
@@ -152,25 +172,64 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.wait:
             print(created["id"])
             return EXIT_PASS
-        bar = ProgressBar(sys.stderr, enabled=sys.stderr.isatty() and not args.quiet)
+        bar = progress_reporter(sys.stderr, args.quiet)
         audit = wait_for(client, created["id"], timeout=args.timeout, bar=bar)
         bar.close()
+        saved = save_outputs(client, audit, Path(args.out)) if args.out and audit["status"] == "succeeded" else []
     except (ClientError, AuditInputError, OSError, ValueError) as exc:
         print(f"robustaudit submit: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _junit_error(args, str(exc), t0)
     except Exception:  # exit 1 means "a gate failed": a crash must never look like it
         traceback.print_exc()
         print("robustaudit submit: internal error", file=sys.stderr)
-        return EXIT_ERROR
+        return _junit_error(args, "internal error of the client (see the log)", t0)
     if audit["status"] != "succeeded":
         err = audit.get("error") or {}
-        print(f"audit {audit['id']} {audit['status']}: {err.get('code')}: {err.get('message')}", file=sys.stderr)
-        return EXIT_ERROR
+        message = f"audit {audit['id']} {audit['status']}: {err.get('code')}: {err.get('message')}"
+        print(message, file=sys.stderr)
+        return _junit_error(args, message, t0)
+    if args.junit:
+        write_junit(args.junit, audit["report"], seconds=time.monotonic() - t0)
     if not args.quiet:
         from worker.engine.cli import summary_lines
 
         print("\n".join(summary_lines(audit["report"])))
+        for what, where in saved:
+            print(f"{what}: {where}")
+        if args.junit:
+            print(f"junit: {args.junit}")
     return EXIT_PASS if audit["verdict"] == "pass" else EXIT_FAIL
+
+
+def save_outputs(client: Client, audit: Mapping[str, Any], out: Path) -> list[tuple[str, Path]]:
+    """report.json and report.html of a succeeded audit in ``out``; what was written, for the summary.
+
+    The page comes from ``GET /v1/audits/{id}/report.html``; a server without it (an older
+    one) costs the page, not the verdict: a note on stderr says so.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "report.json"
+    report_path.write_text(json.dumps(audit["report"], indent=2) + "\n")
+    saved = [("report", report_path)]
+    try:
+        page = client.raw("GET", f"/v1/audits/{audit['id']}/report.html")
+    except ClientError as exc:
+        print(f"robustaudit submit: report.html not saved: {exc}", file=sys.stderr)
+    else:
+        html_path = out / "report.html"
+        html_path.write_bytes(page)
+        saved.append(("report for people", html_path))
+    return saved
+
+
+def _junit_error(args: argparse.Namespace, message: str, t0: float) -> int:
+    """An audit that did not finish still leaves a JUnit file that says why."""
+    if getattr(args, "junit", None):
+        try:
+            write_junit(args.junit, None, error=message, seconds=time.monotonic() - t0)
+        except OSError as exc:
+            print(f"robustaudit submit: cannot write --junit {args.junit}: {exc}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,7 +245,11 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--config", help="a JSON audit body; flags add to it")
     p.add_argument("--label")
     p.add_argument("--idempotency-key")
+    p.add_argument("--baseline", metavar="AUDIT_ID", help="a succeeded audit that gates written against a baseline "
+                   "compare with ('clean.top1 >= baseline - 0.05')")
     p.add_argument("--wait", action="store_true", help="poll until done; exit 0 pass, 1 fail, 2 error")
+    p.add_argument("--out", metavar="DIR", help="with --wait: save report.json and report.html in DIR")
+    p.add_argument("--junit", metavar="FILE", help="with --wait: write JUnit XML, one test case per gate")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (with --wait)")
     p.add_argument("--url", help="server URL (default $ROBUSTAUDIT_URL or http://127.0.0.1:8000)")
     p.add_argument("--token", help="API token (default $ROBUSTAUDIT_TOKEN)")

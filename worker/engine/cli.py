@@ -94,6 +94,11 @@ class ProgressLog:
         else:
             self._line(f"{suite}: {step * 10}% ({took:.1f} s)")
 
+    def note(self, text: str) -> None:
+        """A line of its own (a status change), timed like the progress lines."""
+        if self.enabled:
+            self._line(text)
+
     def _line(self, text: str) -> None:
         self.stream.write(f"{self.prefix}: {time.strftime('%H:%M:%S')} {text}\n")
         self.stream.flush()
