@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...humanize import fmt_eps, fmt_num
 from .params import attacks_for, budgets, eps_key
 
 
@@ -38,11 +39,14 @@ def robust_accuracy_plot(path: Path, metrics: dict[str, Any], params: dict[str, 
         for a in attacks_for(params, norm):
             ys = [metrics["per_attack"][norm][a][eps_key(eps[i])]["value"] for i in order]
             ax.plot(xs, ys, "--.", label=a)
+        ax.set_xticks(xs, [fmt_eps(e) for e in xs])  # 8/255, not 0.0313725
         ax.set_xlabel(f"{norm} eps")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        n = max((leaf.get("n", 0) for leaf in metrics["robust_accuracy"][norm].values()), default=0)
+        ax.set_title(f"{norm} robust accuracy against eps (n = {n} samples)", fontsize=9)
     return _save(plt, fig, path)
 
 
@@ -57,7 +61,9 @@ def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
     for c, x, y in zip(names, xs, ys):
         ax.annotate(c, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8, parse_math=False)
     rho = targeted["spearman"]["value"]
-    ax.set_title(f"modify vs mimic (Spearman {rho:.2f})" if rho is not None else "modify vs mimic")
+    n = targeted["success_rate"]["n"]
+    ax.set_title(f"modify vs mimic (n = {n} pairs" + (f", Spearman {fmt_num(rho, 2)})" if rho is not None else ")"),
+                 fontsize=9)
     ax.set_xlabel("modify rate (as source)")
     ax.set_ylabel("mimic rate (as target)")
     ax.grid(alpha=0.3)
@@ -71,6 +77,8 @@ def loss_curve_plot(path: Path, curves: dict[str, Any]) -> Path:
     for name, c in curves["losses"].items():
         ys = [v if v is not None else float("nan") for v in c["success_rate"]]
         ax.plot(curves["iterations"], ys, label=name)
+    attacked = max((c.get("attacked", 0) for c in curves["losses"].values()), default=0)
+    ax.set_title(f"success against iterations per loss (n = {attacked} samples)", fontsize=9)
     ax.set_xlabel("iterations")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)

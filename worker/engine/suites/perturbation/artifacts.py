@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...humanize import fmt_num
+
 
 def example_grid(examples: list[dict[str, Any]], path: Path, *, title: str, class_names: list[str]) -> None:
     """One row per example: original (true class) | perturbed (predicted class, eps)."""
@@ -32,7 +34,8 @@ def example_grid(examples: list[dict[str, Any]], path: Path, *, title: str, clas
             if c == 0:
                 ax.set_title(f"{_name(ex['label'], class_names)} (original)", fontsize=8, parse_math=False)
             else:
-                ax.set_title(f"-> {_name(ex['pred'], class_names)} (eps {ex['eps']:.3g})", fontsize=8, parse_math=False)
+                ax.set_title(f"-> {_name(ex['pred'], class_names)} (eps {fmt_num(ex['eps'])})", fontsize=8,
+                             parse_math=False)
     fig.suptitle(title, fontsize=9, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
