@@ -223,3 +223,29 @@ def test_write_is_atomic_and_replaces_an_old_page(tmp_path, fixture_audit):
     path = write_report_html(report, tmp_path)
     assert path == tmp_path / "report.html" and path.read_text().startswith("<!DOCTYPE html>")
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left
+
+
+def test_unreliable_gates_and_sanity_flags_are_explained(fixture_audit):
+    _, out, report = fixture_audit
+    changed = copy.deepcopy(report)
+    changed["suites"]["attacks"]["warnings"].append(
+        {"code": "zero_gradients", "message": "the input gradient is exactly zero for 3 of 10 samples",
+         "details": {"samples": 3, "n": 10}})
+    changed["suites"]["attacks"]["unreliable"] = {"flags": ["zero_gradients"], "metrics": ["robust_accuracy.linf"]}
+    gate = changed["gates"][2]
+    gate.update(status="unreliable", passed=False, flags=["zero_gradients"], accepted=False,
+                reason="sanity flags ['zero_gradients'] invalidate gradient attacks")
+    page = Page(render_report_html(changed, out))
+    text = " ".join(page.all_text.split())
+    assert "gradient attacks could not move them" in text  # the plain sentence for zero_gradients
+    assert "UNRELIABLE" in text and "a sanity flag makes this number untrustworthy (zero_gradients)" in text
+    assert "Sanity flags zero_gradients make 1 of this suite's numbers unreliable" in text
+    assert "2 of 4 gates did not pass." in text
+
+
+def test_no_gates_says_nothing_was_checked(fixture_audit):
+    _, out, report = fixture_audit
+    changed = {**copy.deepcopy(report), "gates": [], "verdict": "pass"}
+    page = Page(render_report_html(changed, out))
+    assert "No gates were set: nothing was checked against a threshold." in page.all_text
+    assert ("header", {"id": "verdict", "class": "verdict verdict-pass"}) in page.tags
