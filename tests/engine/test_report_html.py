@@ -19,7 +19,7 @@ from worker.engine.api import audit
 from worker.engine.html import GalleryLimits, render_report_html, write_report_html
 from worker.engine.html.gallery import build_gallery
 from worker.engine.html.plots import corruption_heatmap, fri_rates, generator_layers, modify_mimic, robust_accuracy
-from worker.engine.html.render import gate_margin, gate_rows
+from worker.engine.html.render import PER_CLASS_ROWS, gate_margin, gate_rows, per_class_table
 from worker.engine.humanize import fmt_num
 
 
@@ -249,3 +249,14 @@ def test_no_gates_says_nothing_was_checked(fixture_audit):
     page = Page(render_report_html(changed, out))
     assert "No gates were set: nothing was checked against a threshold." in page.all_text
     assert ("header", {"id": "verdict", "class": "verdict verdict-pass"}) in page.tags
+
+
+def test_many_classes_stay_bounded():
+    names = [f"class{i}" for i in range(500)]
+    leaf = {"value": 0.5, "unit": "fraction", "n": 3}
+    metrics = {"per_class": {c: leaf for c in names}}
+    table = per_class_table("clean", metrics)
+    assert table is not None and table["total"] == 500 and len(table["rows"]) == PER_CLASS_ROWS
+    rates = {c: {"value": i / 500, "n": 3} for i, c in enumerate(names)}
+    plot = modify_mimic({"metrics": {"targeted": {"modify": rates, "mimic": rates, "success_rate": leaf}}})
+    assert plot is not None and plot.png.startswith(b"\x89PNG")

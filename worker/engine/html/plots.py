@@ -24,6 +24,8 @@ from ..humanize import fmt_eps, fmt_num
 #: FRI types in the order the page draws them
 FRI_TYPES = ("loose_shift", "strict_shift", "loose_shrink", "strict_shrink")
 LABEL_CHARS = 24
+#: up to this many classes each point of the modify/mimic plot is named; above, the extremes only
+ANNOTATE_CLASSES = 30
 
 
 @dataclass(frozen=True)
@@ -266,9 +268,13 @@ def modify_mimic(entry: Mapping[str, Any]) -> Plot | None:
     ax = fig.subplots()
     xs = [_value(modify[c]) for c in names]
     ys = [_value(mimic[c]) for c in names]
-    ax.scatter(xs, ys)
-    for c, x, y in zip(names, xs, ys):
-        ax.annotate(_label(c), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, parse_math=False)
+    ax.scatter(xs, ys, s=12 if len(names) > ANNOTATE_CLASSES else 24)
+    # Many classes (a card may name 100,000): name only the extremes, or the labels hide the points.
+    order = sorted(range(len(names)), key=lambda i: xs[i] + ys[i])
+    named = set(order) if len(names) <= ANNOTATE_CLASSES else set(order[:5] + order[-5:])
+    for i in sorted(named):
+        ax.annotate(_label(names[i]), (xs[i], ys[i]), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                    parse_math=False)
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)

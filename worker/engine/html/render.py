@@ -25,6 +25,8 @@ from .words import GATE_STATUS_WORDS, explain
 
 #: how many headline numbers a suite shows at most (the rest are in report.json)
 HEADLINE_LIMIT = 24
+#: classes listed per table at most (a card may name 100,000; the rest are in report.json)
+PER_CLASS_ROWS = 200
 REPORT_HTML = "report.html"
 
 
@@ -147,8 +149,8 @@ def per_class_table(name: str, metrics: Mapping[str, Any]) -> dict[str, Any] | N
         return None
     classes = list(dict.fromkeys(c for _, node in columns for c in node))
     rows = [{"name": str(c), "cells": [_number((node.get(c) or {}).get("value")) for _, node in columns],
-             "n": [(node.get(c) or {}).get("n") for _, node in columns]} for c in classes]
-    return {"columns": [t for t, _ in columns], "rows": rows}
+             "n": [(node.get(c) or {}).get("n") for _, node in columns]} for c in classes[:PER_CLASS_ROWS]]
+    return {"columns": [t for t, _ in columns], "rows": rows, "total": len(classes)}
 
 
 def _warnings(report: Mapping[str, Any]) -> list[dict[str, Any]]:
