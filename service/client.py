@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Mapping
@@ -175,7 +176,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         bar = progress_reporter(sys.stderr, args.quiet)
         audit = wait_for(client, created["id"], timeout=args.timeout, bar=bar)
         bar.close()
-        saved = save_outputs(client, audit, Path(args.out)) if args.out and audit["status"] == "succeeded" else []
+        saved = (save_outputs(client, audit, Path(args.out), artifacts=args.artifacts)
+                 if args.out and audit["status"] == "succeeded" else [])
     except (ClientError, AuditInputError, OSError, ValueError) as exc:
         print(f"robustaudit submit: error: {exc}", file=sys.stderr)
         return _junit_error(args, str(exc), t0)
@@ -201,8 +203,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_PASS if audit["verdict"] == "pass" else EXIT_FAIL
 
 
-def save_outputs(client: Client, audit: Mapping[str, Any], out: Path) -> list[tuple[str, Path]]:
-    """report.json and report.html of a succeeded audit in ``out``; what was written, for the summary.
+def save_outputs(client: Client, audit: Mapping[str, Any], out: Path, *,
+                 artifacts: bool = False) -> list[tuple[str, Path]]:
+    """report.json and report.html of a succeeded audit in ``out`` (and with ``artifacts`` its
+    files under ``out/artifacts/``); what was written, for the summary.
 
     The page comes from ``GET /v1/audits/{id}/report.html``; a server without it (an older
     one) costs the page, not the verdict: a note on stderr says so.
@@ -219,7 +223,28 @@ def save_outputs(client: Client, audit: Mapping[str, Any], out: Path) -> list[tu
         html_path = out / "report.html"
         html_path.write_bytes(page)
         saved.append(("report for people", html_path))
+    if artifacts:
+        count = save_artifacts(client, str(audit["id"]), out)
+        saved.append((f"artifacts ({count} files)", out / "artifacts"))
     return saved
+
+
+def save_artifacts(client: Client, audit_id: str, out: Path) -> int:
+    """Every artifact file of the audit under ``out/artifacts/`` (where report.html links to them);
+    how many. A name that would leave that folder is skipped."""
+    root = (out / "artifacts").resolve()
+    listing = client.json("GET", f"/v1/audits/{audit_id}/artifacts")
+    count = 0
+    for item in listing.get("items", []):
+        target = (root / str(item["name"])).resolve()
+        if not target.is_relative_to(root):
+            print(f"robustaudit: artifact {str(item['name'])[:80]!r} skipped: its name leaves the folder",
+                  file=sys.stderr)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(client.raw("GET", urllib.parse.urlsplit(str(item["url"])).path))
+        count += 1
+    return count
 
 
 def _junit_error(args: argparse.Namespace, message: str, t0: float) -> int:
@@ -249,6 +274,8 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                    "compare with ('clean.top1 >= baseline - 0.05')")
     p.add_argument("--wait", action="store_true", help="poll until done; exit 0 pass, 1 fail, 2 error")
     p.add_argument("--out", metavar="DIR", help="with --wait: save report.json and report.html in DIR")
+    p.add_argument("--artifacts", action="store_true", help="with --out: also save every artifact file under "
+                   "DIR/artifacts/ (report.html links to them)")
     p.add_argument("--junit", metavar="FILE", help="with --wait: write JUnit XML, one test case per gate")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (with --wait)")
     p.add_argument("--url", help="server URL (default $ROBUSTAUDIT_URL or http://127.0.0.1:8000)")

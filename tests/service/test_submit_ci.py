@@ -51,7 +51,8 @@ def submit(url, *args):
 
 def test_submit_wait_out_junit_and_baseline(server, tmp_path, capsys):
     first = tmp_path / "first"
-    assert submit(server, "--wait", "--out", str(first), "--gate", "clean.top1 >= 0.5") == 0
+    assert submit(server, "--wait", "--out", str(first), "--artifacts", "--gate", "clean.top1 >= 0.5",
+                  "--suite", "fragile", "--set", "fragile.region_fractions=[0.9]") == 0
     captured = capsys.readouterr()
     report = json.loads((first / "report.json").read_text())
     assert report["verdict"] == "pass"
@@ -64,6 +65,10 @@ def test_submit_wait_out_junit_and_baseline(server, tmp_path, capsys):
     assert f"report: {first / 'report.json'}" in captured.out
     assert f"report for people: {first / 'report.html'}" in captured.out
     baseline_id = log[0].split()[1]  # "audit ID queued"
+    files = sorted(p.relative_to(first / "artifacts").as_posix() for p in (first / "artifacts").rglob("*")
+                   if p.is_file())
+    assert files and files == sorted(_names(report))
+    assert f"artifacts ({len(files)} files): {first / 'artifacts'}" in captured.out
 
     junit = tmp_path / "junit.xml"
     code = submit(server, "--wait", "--quiet", "--baseline", baseline_id, "--junit", str(junit),
@@ -84,3 +89,9 @@ def test_submit_refusals_write_junit_and_need_wait(server, tmp_path, capsys):
     assert "baseline" in error.get("message")
     assert submit(server, "--out", str(tmp_path / "x")) == 2
     assert "need --wait" in capsys.readouterr().err
+
+
+def _names(report):
+    """The artifact files the report lists, as the server names them (relative to artifacts/)."""
+    return [str(a).removeprefix("artifacts/") for entry in report["suites"].values()
+            for a in entry.get("artifacts") or []]
