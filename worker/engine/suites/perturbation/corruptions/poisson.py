@@ -20,19 +20,21 @@ import torch
 TABLE_MAX_RATE = 255
 #: tabulated rates are r / GRID (a power of two, so that a rate's split is exact).
 GRID = 8
-#: guide entries per tabulated rate: the expected forward steps after the guide are below 1.
-GUIDE_SIZE = 128
+#: guide entries per tabulated rate: few values need a step forward after the guide (for a rate
+#: of 12, one in 44; with 128 entries, one in 12).
+GUIDE_SIZE = 512
 #: the search for the remainder's count stops here (P(Poisson(1) >= 30) is about 1e-33).
 FRACTION_MAX_COUNT = 30
 
 
 @functools.lru_cache(maxsize=8)
 def _tables(top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cdf, start, guide) for the rates r / GRID below top + 1, on the CPU (cached).
+    """(cdf, count, guide) for the rates r / GRID below top + 1, on the CPU (cached).
 
-    ``cdf`` holds one row F(0), ..., F(L - 1) per rate, flattened from ``start[r]`` on, with
+    ``cdf`` holds one row F(0), ..., F(L - 1) per rate, flattened, with
     L = rate + 12 sqrt(rate + 1) + 20 and the last entry an exact 1.0 (the tail beyond, below
-    1e-20, is folded into the last count); ``guide[r * GUIDE_SIZE + m]``, the flat index of
+    1e-20, is folded into the last count); ``count`` the k of each entry (float64);
+    ``guide[r * GUIDE_SIZE + m]``, the flat index of
     row r's first entry whose CDF reaches m / GUIDE_SIZE. A row depends on its rate only, not
     on ``top``, so a count does not depend on the largest rate of its batch. ``top`` is one
     less than a power of two, so that few tables are built.
@@ -52,7 +54,7 @@ def _tables(top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     start = torch.cumsum(length, 0) - length
     levels = (torch.arange(GUIDE_SIZE, dtype=torch.float64) / GUIDE_SIZE).expand(rows, GUIDE_SIZE)
     guide = torch.searchsorted(cdf, levels.contiguous()) + start.view(-1, 1)
-    return cdf[inside], start, guide.view(-1)
+    return cdf[inside], k.expand_as(cdf)[inside], guide.view(-1)
 
 
 def poisson_from_uniforms(rates: torch.Tensor, u_whole: torch.Tensor, u_frac: torch.Tensor) -> torch.Tensor:
@@ -80,10 +82,10 @@ def _invert_table(row: torch.Tensor, u: torch.Tensor, top: int) -> torch.Tensor:
 
     (index_select and index_add_ rather than ``t[i]``: on a CPU they are several times faster.)
     """
-    cdf, start, guide = (t.to(row.device) for t in _tables(top))
-    # u * GUIDE_SIZE < GUIDE_SIZE exactly (a power of two times u < 1), so m < GUIDE_SIZE.
-    rows = row.long()
-    key = torch.mul(u, GUIDE_SIZE).floor_().long().add_(rows, alpha=GUIDE_SIZE)
+    cdf, count, guide = (t.to(row.device) for t in _tables(top))
+    # u * GUIDE_SIZE < GUIDE_SIZE exactly (a power of two times u < 1), so m < GUIDE_SIZE; the
+    # key is a whole number below 2^53, exact in float64.
+    key = torch.mul(u, GUIDE_SIZE).floor_().add_(row, alpha=GUIDE_SIZE).long()
     index = guide.index_select(0, key)
     # The guide entry never overshoots (its CDF level m / GUIDE_SIZE <= u); step forward while
     # the CDF is still below u, on the few values that need it. Each row ends with 1.0 > u.
@@ -94,24 +96,24 @@ def _invert_table(row: torch.Tensor, u: torch.Tensor, top: int) -> torch.Tensor:
         index.index_add_(0, todo, torch.ones_like(todo))
         more = (cdf.index_select(0, at) < uu).nonzero().view(-1)
         todo, at, uu = todo.index_select(0, more), at.index_select(0, more), uu.index_select(0, more)
-    return index.sub_(start.index_select(0, rows)).double()
+    return count.index_select(0, index)
 
 
 def _add_fraction_counts(counts: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> None:
     """counts += min{k : F_b(k) >= u} per value for small rates b in [0, 1), searching up from 0.
 
-    One comparison runs on every value; then only the values still searching are carried
-    (a fraction 1 - exp(-b) < b of them).
+    F_b(0) = exp(-b) >= 1 - b, so u <= 1 - b means a count of 0 without an exponential; only the
+    other values (a fraction b of them, below 1/GRID) are searched, on their own.
     """
-    f = torch.exp(b.neg())  # F(0)
-    todo = (f < u).nonzero().view(-1)
-    bb, uu, f = (t.index_select(0, todo) for t in (b, u, f))
-    p = f.clone()
+    todo = (u + b > 1).nonzero().view(-1)
+    bb, uu = b.index_select(0, todo), u.index_select(0, todo)
+    p = torch.exp(bb.neg())
+    f = p.clone()
     k = 0
     while todo.numel() and k < FRACTION_MAX_COUNT:
+        more = (f < uu).nonzero().view(-1)
+        todo, p, f, bb, uu = (t.index_select(0, more) for t in (todo, p, f, bb, uu))
         counts.index_add_(0, todo, torch.ones_like(f))
         k += 1
         p.mul_(bb).div_(k)
         f += p
-        more = (f < uu).nonzero().view(-1)
-        todo, p, f, bb, uu = (t.index_select(0, more) for t in (todo, p, f, bb, uu))
