@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The embedded service (SQLite store and broker, ./var, no Redis): start it, audit the demo model
-# with every registered suite at its demo_params, print the verdict, stop it.
+# with every registered suite at its demo_params, print the verdict and where report.json, report.html
+# and artifacts/ are (all in $(DEMO_OUT)), stop it. Progress is one line per step when not on a terminal.
 demo: install
 	$(PY) -m service.demo --home var/demo-service --out $(DEMO_OUT)
 
