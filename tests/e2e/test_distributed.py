@@ -219,7 +219,7 @@ def test_reaped_worker_that_comes_back_cannot_overwrite(api, e2e_store, model, p
                    timeout=30, what="the reaper to requeue the audit")
         pool.start(1)
         audit = finished(api, audit_id)
-        assert audit["status"] == "succeeded" and audit["attempts"] == 2
+        assert audit["status"] == "succeeded" and audit["attempts"] >= 2
     finally:
         os.killpg(sleeper.proc.pid, signal.SIGCONT)
     with e2e_store.session() as s:
