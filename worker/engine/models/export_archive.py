@@ -108,11 +108,15 @@ class ExportArchive:
         models: the model names (``models/<name>.json``).
         sample_inputs: members torch reads with ``torch.load`` (falling back to a full unpickler when
             ``weights_only=True`` fails): the caller must read them with weights-only semantics first.
+        torch_version: the torch that exported the program, as its JSON records it ("" if absent).
+        schema: the program's export schema version (major, minor), if recorded.
     """
 
     root: str
     models: list[str] = field(default_factory=list)
     sample_inputs: list[str] = field(default_factory=list)
+    torch_version: str = ""
+    schema: tuple[int, int] | None = None
 
 
 def check_export_archive(source: IO[bytes], *, name: str, limits: ZipLimits | None = None) -> ExportArchive:
@@ -143,8 +147,19 @@ def check_export_archive(source: IO[bytes], *, name: str, limits: ZipLimits | No
                     raise ModelLoadError(f"{name}: member {member!r} is missing (an older or altered archive)")
                 _check_payload_config(name, member, _json(name, member, read(member, MAX_JSON_BYTES)), kind, rel)
             member = f"models/{model}.json"
-            _check_program(name, member, _json(name, member, read(member, MAX_JSON_BYTES)))
+            program = _json(name, member, read(member, MAX_JSON_BYTES))
+            _check_program(name, member, program)
+            _record_versions(program, found)
     return found
+
+
+def _record_versions(program: dict[str, Any], found: ExportArchive) -> None:
+    """Which torch wrote the program: a loader refusing it can then say why (see models.formats)."""
+    version, schema = program.get("torch_version"), program.get("schema_version")
+    if isinstance(version, str):
+        found.torch_version = version[:64]
+    if isinstance(schema, dict) and all(type(schema.get(k)) is int for k in ("major", "minor")):
+        found.schema = (schema["major"], schema["minor"])
 
 
 def _root(name: str, names: list[str]) -> str:

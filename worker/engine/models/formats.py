@@ -25,7 +25,7 @@ from torch import nn
 from ..card import ArchLibrary, ModelCard, ModelFormat
 from ..errors import ModelCardError, ModelLoadError
 from .archive import check_zip_archive
-from .export_archive import check_export_archive
+from .export_archive import ExportArchive, check_export_archive
 from .messages import first_sentence
 from .operators import check_graph_module, check_torchscript
 from .safetensors_file import load_safetensors
@@ -136,12 +136,13 @@ def load_export(path: Path, card: ModelCard, device: torch.device) -> Loaded:
     with path.open("rb") as f:  # one open file for the checks and the load: they see the same bytes
         archive = check_export_archive(f, name=path.name)
         _check_sample_inputs(f, path.name, [f"{archive.root}/{m}" for m in archive.sample_inputs])
+        _check_export_schema(archive, path.name)
         f.seek(0)
         try:
             program = torch.export.load(f)
-        except _READ_ERRORS as exc:
+        except (*_READ_ERRORS, TypeError, AttributeError, AssertionError) as exc:  # a newer schema's fields too
             raise ModelLoadError(f"{path.name} is not a readable torch.export program: {first_sentence(exc)}"
-                                 f"{format_hint(path, card.format)}") from None
+                                 f"{_writer_note(archive)}{format_hint(path, card.format)}") from None
     check_graph_module(program.graph_module, label=path.name)
     shape = _input_shape(program, path)
     if len(shape) != 4:
@@ -159,6 +160,37 @@ def load_export(path: Path, card: ModelCard, device: torch.device) -> Loaded:
             raise ModelLoadError(f"the exported program in {path.name} has a batch size of {batch}")
         return Loaded(module, fixed_batch=batch)
     return Loaded(module, max_batch=_upper_bound(program, batch))
+
+
+def _our_export_schema() -> tuple[int, int]:
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    return int(SCHEMA_VERSION[0]), int(SCHEMA_VERSION[1])
+
+
+def _writer_note(archive: ExportArchive) -> str:
+    """Which torch wrote the program against which torch reads it, when the writer's schema is newer:
+    a program exported by a newer torch may use what this one cannot read (torch 2.5 could not open
+    2.15's archives at all)."""
+    ours = _our_export_schema()
+    if archive.schema is None or archive.schema <= ours:
+        return ""
+    return (f" (it was exported by torch {archive.torch_version or '?'}, export schema "
+            f"{archive.schema[0]}.{archive.schema[1]}; this worker runs torch {torch.__version__}, schema "
+            f"{ours[0]}.{ours[1]}: export it with torch {torch.__version__.split('+')[0]} or older, "
+            "or run the worker on a newer torch)")
+
+
+def _check_export_schema(archive: ExportArchive, name: str) -> None:
+    """torch.export reads only its own schema major version; say so before torch does, with both versions."""
+    ours = _our_export_schema()
+    if archive.schema is not None and archive.schema[0] != ours[0]:
+        release = torch.__version__.split("+")[0]
+        advice = f"torch {release}" if archive.schema[0] < ours[0] else f"torch {release} or older"
+        raise ModelLoadError(
+            f"{name} was exported by torch {archive.torch_version or '?'} (export schema "
+            f"{archive.schema[0]}.{archive.schema[1]}); this worker runs torch {torch.__version__}, which reads "
+            f"export schema {ours[0]}.x only: export it again with {advice}")
 
 
 def _check_sample_inputs(f: IO[bytes], name: str, members: list[str]) -> None:
