@@ -138,3 +138,19 @@ def test_progress_log_deciles():
     lines = stream.text.splitlines()
     assert len(lines) == 11 and lines[0].endswith("attacks: started") and "finished" in lines[-1]
     assert [ln.split("attacks: ")[1].split("%")[0] for ln in lines[1:-1]] == [str(10 * k) for k in range(1, 10)]
+
+
+def test_gate_lines_are_written_for_people():
+    from worker.engine.cli import gate_lines
+    from worker.engine.humanize import fmt_text
+    from worker.engine.metrics import proportion
+
+    leaf = proportion(0.36000000000000004, 25, "robust accuracy", eps=8 / 255)
+    row = {"metric": "attacks.robust_accuracy.linf.eps_0p03137", "op": ">=", "threshold": 0.30000000000000004,
+           "expression": "baseline - 0.1", "value": leaf["value"], "baseline": 0.4, "delta": -0.03999999999999998,
+           "passed": True, "status": "pass", "few_samples": True, "note": "measured on 25 samples"}
+    head, note = gate_lines(row, leaf)
+    assert head == ("  gate attacks.robust_accuracy.linf.eps_0p03137 (eps 8/255) >= baseline - 0.1 (= 0.3): "
+                    "value 0.36, baseline 0.4 (-0.04)  PASS")
+    assert note == "      note: measured on 25 samples"
+    assert fmt_text("top-1 0.36000000000000004 at eps=0.03137254901960784") == "top-1 0.36 at eps=8/255"

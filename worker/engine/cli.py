@@ -29,6 +29,7 @@ from .errors import AuditCancelled, AuditInputError, SpecError
 from .gates import Baseline, Gate, baseline_gates
 from .humanize import fmt_delta, fmt_eps, fmt_num, fmt_text
 from .junit import write_junit
+from .metrics import lookup_value
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
 #: 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe
@@ -236,9 +237,10 @@ def leaf_text(leaf: dict[str, Any]) -> str:
     return text
 
 
-def gate_lines(gate: dict[str, Any]) -> list[str]:
-    """One gate result for people: the gate as written, the resolved threshold, value, baseline
-    and delta, then why it failed or why its verdict is shaky."""
+def gate_lines(gate: dict[str, Any], leaf: dict[str, Any] | None = None) -> list[str]:
+    """One gate result for people: the gate as written (with its eps as people read it, from the
+    metric's ``leaf``), the resolved threshold, value, baseline and delta, then why it failed or
+    why its verdict is shaky."""
     mark = {"pass": "PASS", "fail": "FAIL", "unreliable": "UNRELIABLE"}.get(gate.get("status", ""),
                                                                           "PASS" if gate["passed"] else "FAIL")
     if gate.get("status") == "unreliable" and gate["passed"]:
@@ -246,7 +248,10 @@ def gate_lines(gate: dict[str, Any]) -> list[str]:
     expression = gate.get("expression") or fmt_num(gate.get("threshold"))
     resolved = ("" if "baseline" not in gate or gate.get("threshold") is None
                 else f" (= {fmt_num(gate['threshold'])})")
-    text = f"  gate {gate['metric']} {gate['op']} {expression}{resolved}: value {fmt_num(gate.get('value'))}"
+    eps = leaf.get("eps") if leaf is not None else None
+    where = f" (eps {fmt_eps(float(eps))})" if isinstance(eps, (int, float)) and "eps" in gate["metric"] else ""
+    text = (f"  gate {gate['metric']}{where} {gate['op']} {expression}{resolved}: "
+            f"value {fmt_num(gate.get('value'))}")
     if "baseline" in gate:
         text += f", baseline {fmt_num(gate.get('baseline'))} ({fmt_delta(gate.get('delta'))})"
     lines = [f"{text}  {mark}"]
@@ -279,7 +284,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if baseline:
         lines.append(f"  baseline: {baseline['source']}")
     for g in report["gates"]:
-        lines.extend(gate_lines(g))
+        suite, _, path = str(g["metric"]).partition(".")
+        leaf, _, _ = lookup_value((report["suites"].get(suite) or {}).get("metrics") or {}, path)
+        lines.extend(gate_lines(g, leaf))
     lines.append(f"verdict: {report['verdict']}")
     return lines
 
