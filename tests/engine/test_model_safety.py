@@ -83,13 +83,24 @@ HOSTILE_PT2 = {
 }
 
 
+def _loader_reads_opaque_objects() -> bool:
+    import inspect
+
+    from torch.export.pt2_archive import _package
+
+    return "opaque_obj" in inspect.getsource(_package)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(HOSTILE_PT2))
 def test_hostile_pt2_is_refused_and_runs_nothing(tmp_path: Path, case: str) -> None:
     build, reason = HOSTILE_PT2[case]
     proof = tmp_path / "proof"
     plain_torch_loads(build(DEMO_PT2, tmp_path / "proof.pt2", proof))
-    assert proof.exists(), f"the {case} archive is not hostile to plain torch.export.load: the test proves nothing"
+    if case == "opaque constant" and not _loader_reads_opaque_objects():
+        pass  # an older torch (the floor, 2.11) has no opaque constants: nothing to prove, refusal still checked
+    else:
+        assert proof.exists(), f"the {case} archive is not hostile to plain torch.export.load: the test proves nothing"
 
     marker = tmp_path / "marker"
     hostile = build(DEMO_PT2, tmp_path / "hostile.pt2", marker)
