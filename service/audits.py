@@ -50,7 +50,7 @@ class ModelRef:
 
 
 MODEL_REFS = (
-    ModelRef("attacks", "surrogate", "model_id", ("model", "card"), ModelKind.CLASSIFIER),
+    ModelRef("attacks", "transfer", "model_id", ("model", "card"), ModelKind.CLASSIFIER),
     ModelRef("perturbation", "generator_layers", "generator_id", ("generator", "card"), ModelKind.GENERATOR),
 )
 

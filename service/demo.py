@@ -59,7 +59,7 @@ def demo_body(model_id: str, n_samples: int, surrogate_id: str | None = None) ->
     """Every suite at its demo_params; the attacks suite's transfer part crafts on the surrogate."""
     suites: dict[str, dict[str, object]] = {name: dict(cls.demo_params) for name, cls in SUITES.items()}
     if surrogate_id is not None and "attacks" in suites:
-        suites["attacks"]["surrogate"] = {"model_id": surrogate_id}
+        suites["attacks"]["transfer"] = {"model_id": surrogate_id}
     return {"model": model_id,
             "dataset": {"kind": "builtin", "name": "digits", "n_samples": n_samples, "seed": 0},
             "suites": suites, "gates": ["clean.top1 >= 0.9"], "label": "demo"}

@@ -8,10 +8,10 @@ come from the registry: a suite added to ``SUITES`` appears here without a chang
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from worker.engine.params import Param, ParamKind, ParamSchema
 from worker.engine.suites import SUITES
@@ -69,16 +69,30 @@ def _field(p: Param, owner: str) -> fields.Field:
     return f
 
 
-def params_schema(schema: ParamSchema, name: str) -> type[Schema]:
-    """A marshmallow schema class for one parameter schema; unknown keys are refused."""
+def params_schema(schema: ParamSchema, name: str, prefix: str = "") -> type[Schema]:
+    """A marshmallow schema class for one parameter schema; unknown keys are refused, and a
+    parameter of an older shape (``schema.moved``) is refused naming its new place."""
     attrs: dict[str, Any] = {p.name: _field(p, name) for p in schema.params}
-    return Schema.from_dict(attrs, name=f"{name}Params")  # unknown keys: marshmallow's default RAISE
+    base = _refusing_moved(schema, prefix) if schema.moved else Schema
+    return base.from_dict(attrs, name=f"{name}Params")  # unknown keys: marshmallow's default RAISE
+
+
+def _refusing_moved(schema: ParamSchema, prefix: str) -> type[Schema]:
+    class RefusingMoved(Schema):
+        @pre_load
+        def refuse_moved(self, data: Any, **_: Any) -> Any:
+            found = schema.moved_errors(data, prefix=prefix) if isinstance(data, Mapping) else {}
+            if found:
+                raise ValidationError({k[len(prefix):]: [v] for k, v in found.items()})
+            return data
+
+    return RefusingMoved
 
 
 def suites_schema() -> type[Schema]:
     """``{suite name: params}`` with one optional, nullable field per registered suite."""
     attrs: dict[str, Any] = {}
     for name, suite in sorted(SUITES.items()):
-        nested = params_schema(suite.params, _camel(name))
+        nested = params_schema(suite.params, _camel(name), prefix=f"{name}.")
         attrs[name] = fields.Nested(nested, allow_none=True, metadata={"description": suite.description})
     return Schema.from_dict(attrs, name="Suites")

@@ -28,7 +28,7 @@ def test_autoattack_set_runs_in_order_on_survivors(tmp_path):
     with torch.no_grad():
         samples.labels = clf(samples.prepared(tiny_card())).argmax(1)
     params = {"norms": ["linf", "l2"], "linf_eps": [0.01], "l2_eps": [0.1], "attacks": ["autoattack"],
-              "minimal": "none", "targeted": False,
+              "minimal": "none", "targeted": {"enabled": False},
               "attack_params": {"apgd-ce": {"steps": 5}, "apgd-t": {"steps": 5, "n_targets": 2},
                                 "fab-t": {"steps": 5, "n_targets": 2}, "square": {"n_queries": 20}}}
     entry = attacks_entry(tmp_path, clf, samples, params)
@@ -55,7 +55,7 @@ def test_autoattack_matches_torchattacks_on_the_demo_cnn(tmp_path):
                            roots=DataRoots.from_env(), num_classes=10)
     eps = 0.1
     entry = attacks_entry(tmp_path, clf, samples, {"norms": ["linf"], "linf_eps": [eps], "attacks": ["autoattack"],
-                                                   "minimal": "none", "targeted": False})
+                                                   "minimal": "none", "targeted": {"enabled": False}})
     ours = entry["metrics"]["robust_accuracy"]["linf"]["eps_0p1"]["value"]
     x, y = samples.prepared(clf.card), samples.labels
     adv = torchattacks.AutoAttack(clf, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)(x, y)

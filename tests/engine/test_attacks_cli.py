@@ -9,7 +9,7 @@ from worker.engine.cli import main
 PARAMS = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0],
           "attack_params": {"pgd": {"steps": 5}, "cw": {"steps": 5, "binary_search_steps": 1}, "fmn": {"steps": 20},
                             "square": {"n_queries": 100}},
-          "targeted_eps": 0.2, "targeted_steps": 5}
+          "targeted": {"eps": 0.2, "steps": 5}}
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def audit(tmp_path, model, params, shards=1):
 
 
 QUICK = {"norms": ["linf"], "linf_eps": [0.02, 0.05], "attacks": ["pgd", "fgsm"], "minimal": "none",
-         "targeted": False, "attack_params": {"pgd": {"steps": 4}}, "batch_size": 6,
+         "targeted": {"enabled": False}, "attack_params": {"pgd": {"steps": 4}}, "batch_size": 6,
          "eot": {"grad_samples": 3, "passes": 5}}
 
 

@@ -19,9 +19,10 @@ from worker.engine.suites.attacks.iterative_runs import perturbation_norms
 from worker.engine.suites.base import ArtifactStore, SuiteContext
 
 BASE = {"norms": ["linf", "l2"], "attacks": ["fgsm", "pgd"], "linf_eps": [0.05, 0.2], "l2_eps": [1.0],
-        "attack_params": {"pgd": {"steps": 4}}, "minimal": "none", "targeted": False, "batch_size": 5}
-EXTRAS = {"regional": True, "regional_fractions": [0.17, 0.45], "regional_steps": 8, "regional_step": 0.05,
-          "loss_comparison": True, "loss_steps": 8, "loss_step": 0.03}
+        "attack_params": {"pgd": {"steps": 4}}, "minimal": "none", "targeted": {"enabled": False}, "batch_size": 5}
+REGIONAL = {"enabled": True, "fractions": [0.17, 0.45], "steps": 8, "step": 0.05}
+LOSSES = {"enabled": True, "steps": 8, "step": 0.03}
+EXTRAS = {"regional": REGIONAL, "loss_comparison": LOSSES}
 
 
 def classifier(size=32, num_classes=10, seed=0):
@@ -54,7 +55,7 @@ def audit(tmp_path, clf, samples, raw, shards=1, progress=None):
 
 
 def test_sharded_equals_unsharded_and_every_leaf_is_cataloged(tmp_path):
-    raw = {**BASE, **EXTRAS, "surrogate": surrogate(tmp_path)}
+    raw = {**BASE, **EXTRAS, "transfer": surrogate(tmp_path)}
     clf, samples = classifier(), labelled(13, wrong=2)
     whole = audit(tmp_path / "a", clf, samples, raw)
     split = audit(tmp_path / "b", clf, samples, raw, shards=3)
@@ -79,7 +80,7 @@ def test_sharded_equals_unsharded_and_every_leaf_is_cataloged(tmp_path):
 
 def test_regional_metrics_match_a_direct_run_and_misclassified_are_apart(tmp_path):
     clf, samples = classifier(), labelled(12, wrong=3)
-    raw = {**BASE, **EXTRAS, "loss_comparison": False, "regional_step": 0.002}  # small steps: some hold
+    raw = {**BASE, "regional": {**REGIONAL, "step": 0.002}}  # small steps: some hold
     m = audit(tmp_path, clf, samples, raw)["metrics"]["regional"]
     x = samples.prepared(clf.card)[3:]
     y = samples.labels[3:]  # the 9 correctly classified images: the only ones attacked
@@ -106,7 +107,7 @@ def test_regional_metrics_match_a_direct_run_and_misclassified_are_apart(tmp_pat
 def test_loss_comparison_distribution_agrees_with_its_artifact(tmp_path):
     np = pytest.importorskip("numpy")
     clf, samples = classifier(), labelled(12, wrong=2)
-    entry = audit(tmp_path, clf, samples, {**BASE, **EXTRAS, "regional": False, "loss_steps": 6})
+    entry = audit(tmp_path, clf, samples, {**BASE, "loss_comparison": {**LOSSES, "steps": 6}})
     curves = json.loads((tmp_path / "artifacts" / "attacks" / "loss_comparison.json").read_text())
     assert curves["iterations"] == list(range(7))
     for name in ("ce_l2", "sign_ce", "margin"):
@@ -125,7 +126,7 @@ def test_loss_comparison_distribution_agrees_with_its_artifact(tmp_path):
 
 def test_a_surrogate_identical_to_the_target_transfers_everything(tmp_path):
     clf, samples = classifier(), labelled(10)
-    raw = {**BASE, "surrogate": surrogate(tmp_path, seed=0)}
+    raw = {**BASE, "transfer": surrogate(tmp_path, seed=0)}
     t = audit(tmp_path, clf, samples, raw)["metrics"]["transfer"]
     assert t["not_attacked"]["value"] == 0
     seen = 0
@@ -143,7 +144,7 @@ def test_a_surrogate_identical_to_the_target_transfers_everything(tmp_path):
 def test_samples_a_model_gets_wrong_are_counted_apart_from_transfers(tmp_path):
     clf, samples = classifier(), labelled(16, wrong=2)
     sur = surrogate(tmp_path, seed=1)
-    t = audit(tmp_path, clf, samples, {**BASE, "surrogate": sur})["metrics"]["transfer"]
+    t = audit(tmp_path, clf, samples, {**BASE, "transfer": sur})["metrics"]["transfer"]
     x = samples.prepared(clf.card)
     with torch.no_grad():
         ok_target = clf(x).argmax(1).eq(samples.labels)
@@ -161,7 +162,7 @@ def test_samples_a_model_gets_wrong_are_counted_apart_from_transfers(tmp_path):
 def test_a_surrogate_that_does_not_fit_is_a_spec_error_before_any_work(tmp_path, kwargs, message):
     calls = []
     with pytest.raises(SpecError, match=message):
-        audit(tmp_path, classifier(), labelled(4), {**BASE, "surrogate": surrogate(tmp_path, **kwargs)},
+        audit(tmp_path, classifier(), labelled(4), {**BASE, "transfer": surrogate(tmp_path, **kwargs)},
               progress=lambda s, f: calls.append(f))
     assert calls == []
 
@@ -170,16 +171,31 @@ def test_a_mask_with_no_pixel_is_a_spec_error_before_any_work(tmp_path):
     calls = []
     with pytest.raises(SpecError, match=r"square mask at fraction 0.005 selects no pixel of a 8x8 image"):
         audit(tmp_path, classifier(size=8), labelled(4, size=8),
-              {**BASE, "regional": True, "regional_fractions": [0.005, 0.5]}, progress=lambda s, f: calls.append(f))
+              {**BASE, "regional": {"enabled": True, "fractions": [0.005, 0.5]}}, progress=lambda s, f: calls.append(f))
     assert calls == []
 
 
 def test_param_errors():
     suite = get_suite("attacks")
-    with pytest.raises(SpecError, match=r"attacks\.surrogate\.model: give the surrogate's checkpoint path"):
-        suite.validate_params({"surrogate": {"card": None}})
-    with pytest.raises(SpecError, match=r"attacks\.surrogate\.card: must be a path"):
-        suite.validate_params({"surrogate": {"model": "a.pt", "card": 3}})
-    with pytest.raises(SpecError, match=r"regional_fractions"):
-        suite.validate_params({"regional_fractions": [0.0]})
-    assert suite.validate_params({})["surrogate"] is None
+    with pytest.raises(SpecError, match=r"attacks\.transfer\.model: give the surrogate's checkpoint path"):
+        suite.validate_params({"transfer": {"model_id": "m-1"}})  # an id the service did not resolve
+    with pytest.raises(SpecError, match=r"attacks\.transfer\.card: must be a path"):
+        suite.validate_params({"transfer": {"model": "a.pt", "card": 3}})
+    with pytest.raises(SpecError, match=r"attacks\.regional\.fractions: must be >= 1e-06"):
+        suite.validate_params({"regional": {"fractions": [0.0]}})
+    with pytest.raises(SpecError, match=r"attacks\.regional\.fractions: fractions must differ"):
+        suite.validate_params({"regional": {"fractions": [0.17, 0.170001]}})
+    assert suite.validate_params({})["transfer"] == {"model": None, "card": None, "model_id": None}
+
+
+@pytest.mark.parametrize("old, new", [
+    ({"regional_fractions": [0.2]}, "attacks.regional.fractions"),
+    ({"targeted": False}, "attacks.targeted.enabled"),
+    ({"loss_steps": 4}, "attacks.loss_comparison.steps"),
+    ({"surrogate": {"model": "a.pt"}}, "attacks.transfer"),
+])
+def test_parameters_of_the_flat_shape_name_their_new_place(old, new):
+    with pytest.raises(SpecError) as err:
+        get_suite("attacks").validate_params(old)
+    (key,) = old
+    assert err.value.details["errors"] == {f"attacks.{key}": f"moved: write {new} (see docs/parameters.md)"}

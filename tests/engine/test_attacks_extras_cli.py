@@ -9,9 +9,9 @@ from worker.engine.cli import main
 
 PARAMS = {"norms": ["linf"], "attacks": ["fgsm", "pgd"], "linf_eps": [0.1, 0.2],
           "attack_params": {"pgd": {"steps": 5}},
-          "minimal": "none", "targeted": False, "regional": True, "regional_shapes": ["square", "random"],
-          "regional_fractions": [0.28], "regional_steps": 10, "regional_step": 0.03, "loss_comparison": True,
-          "loss_steps": 10, "loss_step": 0.02}
+          "minimal": "none", "targeted": {"enabled": False},
+          "regional": {"enabled": True, "shapes": ["square", "random"], "fractions": [0.28], "steps": 10, "step": 0.03},
+          "loss_comparison": {"enabled": True, "steps": 10, "step": 0.02}}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def demo_report(tmp_path_factory):
     surrogate = {"model": str(DEMO / "digits_cnn_pgd.pt"), "card": None}
     args = ["audit", "--quiet", "--model", str(DEMO / "digits_cnn.pt"), "--dataset", "builtin:digits",
             "--n-samples", "16", "--suite", "attacks", "--out", str(out / "run"), "--shards", "2",
-            "--set", f"attacks.surrogate={json.dumps(surrogate)}",
+            "--set", f"attacks.transfer={json.dumps(surrogate)}",
             "--gate", "attacks.regional.untargeted.full.success_rate>=0.5"]
     for k, v in PARAMS.items():
         args += ["--set", f"attacks.{k}={json.dumps(v)}"]

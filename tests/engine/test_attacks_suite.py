@@ -20,7 +20,7 @@ from worker.engine.suites.base import ArtifactStore, SuiteContext
 
 SMALL = {"linf_eps": [0.02, 0.05], "l2_eps": [0.2, 0.5], "attacks": ["pgd", "fgsm", "cw"], "cascade": False,
          "attack_params": {"pgd": {"steps": 5}, "cw": {"steps": 5, "binary_search_steps": 1}, "fmn": {"steps": 10}},
-         "targeted_eps": 0.05, "targeted_steps": 5, "max_targets": 3, "batch_size": 5}
+         "targeted": {"eps": 0.05, "steps": 5, "max_targets": 3}, "batch_size": 5}
 HIERARCHY = {str(i): ("low" if i < 5 else "high") for i in range(10)}
 
 
@@ -66,7 +66,7 @@ def test_sharded_equals_unsharded(tmp_path):
 def test_every_leaf_is_in_the_catalog_and_rates_match_the_matrix(tmp_path):
     clf = classifier(hierarchy=HIERARCHY)
     samples = labelled(30)
-    raw = {**SMALL, "targeted_eps": 0.01, "targeted_steps": 3}  # a budget where rates differ by class
+    raw = {**SMALL, "targeted": {"eps": 0.01, "steps": 3, "max_targets": 3}}  # a budget where rates differ by class
     params = get_suite("attacks").validate_params(raw)
     entry = audit(tmp_path, clf, samples, raw)
     patterns = get_suite("attacks").metric_paths(params)
@@ -152,7 +152,7 @@ class Constant(TinyNet):
         return super().forward(x) * 0 + torch.arange(10, 0, -1, dtype=x.dtype)
 
 
-QUICK = {**SMALL, "targeted": False, "minimal": "none", "attacks": ["fgsm", "pgd"], "norms": ["linf"]}
+QUICK = {**SMALL, "targeted": {"enabled": False}, "minimal": "none", "attacks": ["fgsm", "pgd"], "norms": ["linf"]}
 
 
 @pytest.mark.parametrize("model, code", [(Softmaxed(1, 10), "probabilities_not_logits"),

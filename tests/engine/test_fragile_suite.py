@@ -18,6 +18,7 @@ from worker.engine.runner import run_suite
 from worker.engine.samples import SampleSet
 from worker.engine.suites import get_suite
 from worker.engine.suites.base import ArtifactStore, SuiteContext
+from worker.engine.suites.fragile.params import r_key
 from worker.engine.suites.fragile.suite import total_crops
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def test_maps_identical_to_naive_loop(tmp_path, name):
     for sid, img, label in zip(samples.ids, samples.images, samples.labels.tolist()):
         for r in rs:
             ref = naive_image(clf, img, label, r, k=k)
-            key = f"r{round(r * 100)}"
+            key = r_key(r)
             got = np.load(tmp_path / "artifacts" / "fragile" / f"{sid.replace(':', '_')}_{key}.npz")
             for m in MAP_KEYS:
                 assert got[m].tolist() == ref[m], (sid, r, m)
@@ -111,7 +112,7 @@ def test_metrics_are_the_per_image_fractions(tmp_path):
         cells = np.array(ref["loose_shrink"])
         fracs.append(np.count_nonzero(cells == -1) / cells.size)
         acc.append(np.mean(ref["correct_l"]))
-    m = entry["metrics"]["r60"]
+    m = entry["metrics"]["r_0p6"]
     assert m["loose_shrink"]["negative"]["mean"]["value"] == pytest.approx(np.mean(fracs), abs=1e-12)
     assert m["loose_shrink"]["negative"]["median"]["value"] == pytest.approx(np.median(fracs), abs=1e-12)
     assert m["region_accuracy"]["mean"]["value"] == pytest.approx(np.mean(acc), abs=1e-12)
@@ -139,7 +140,7 @@ def test_metric_paths_cover_every_leaf(tmp_path):
     produced = [p for p, _ in iter_leaves(entry["metrics"])]
     patterns = suite.metric_paths(params)
     assert sorted(produced) == sorted(patterns)
-    assert not any(path_matches(p, "r50.loose_shift.overall.mean") for p in patterns)
+    assert not any(path_matches(p, "r_0p5.loose_shift.overall.mean") for p in patterns)
     assert all(path_matches(p, p) for p in patterns)
 
 
@@ -149,9 +150,9 @@ def test_small_images_skipped_with_a_warning(tmp_path):
     entry = run_suite("fragile", params, context(tmp_path, tiny_classifier()), samples)
     assert [w["code"] for w in entry["warnings"]] == ["fragile_region_too_small"]
     assert entry["warnings"][0]["details"]["images"] == 3
-    assert entry["metrics"]["r40"]["region_accuracy"]["mean"] == {**entry["metrics"]["r40"]["region_accuracy"][
+    assert entry["metrics"]["r_0p4"]["region_accuracy"]["mean"] == {**entry["metrics"]["r_0p4"]["region_accuracy"][
         "mean"], "value": None, "n": 0}
-    assert entry["metrics"]["r90"]["region_accuracy"]["mean"]["n"] == 3
+    assert entry["metrics"]["r_0p9"]["region_accuracy"]["mean"]["n"] == 3
 
 
 def test_crop_guard_refuses_with_the_count(tmp_path):
@@ -196,21 +197,21 @@ def test_demo_model_through_the_cli(tmp_path, report_validator, data_root, capsy
     out = tmp_path / "out"
     code = main(["audit", "--quiet", "--model", str(DEMO / "digits_cnn.pt"), "--dataset", "builtin:digits",
                  "--n-samples", "12", "--suite", "fragile", "--set", "fragile.region_fractions=[0.6, 0.8]",
-                 "--set", "fragile.example_pairs=2", "--gate", "fragile.r80.loose_shift.overall.mean<=1",
-                 "--gate", "fragile.r60.region_accuracy.mean>=0", "--out", str(out)])
+                 "--set", "fragile.example_pairs=2", "--gate", "fragile.r_0p8.loose_shift.overall.mean<=1",
+                 "--gate", "fragile.r_0p6.region_accuracy.mean>=0", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
     assert code == 0, report["gates"]
     report_validator.validate(report)
     fragile = report["suites"]["fragile"]
-    assert fragile["metrics"]["r60"]["crops"]["value"] == 12 * (14 * 14 + 16 * 16)
-    assert 0 < fragile["metrics"]["r60"]["region_accuracy"]["mean"]["value"] < 1
+    assert fragile["metrics"]["r_0p6"]["crops"]["value"] == 12 * (14 * 14 + 16 * 16)
+    assert 0 < fragile["metrics"]["r_0p6"]["region_accuracy"]["mean"]["value"] < 1
     names = {Path(a).name for a in fragile["artifacts"]}
     assert len([n for n in names if n.endswith(".npz")]) == 24
     assert len([n for n in names if n.endswith("_maps.png")]) == 24
     assert any(n.endswith("_pairs.png") for n in names)
     for rel in fragile["artifacts"]:
         assert (out / rel).is_file()
-    npz = np.load(out / next(a for a in fragile["artifacts"] if a.endswith("_r60.npz")))
+    npz = np.load(out / next(a for a in fragile["artifacts"] if a.endswith("_r_0p6.npz")))
     assert set(npz.files) >= {"correct_l", "correct_l2", "confidence_l", "loose_shift", "strict_shift",
                               "loose_shrink", "strict_shrink"}
     assert npz["correct_l"].shape == (14, 14) and npz["correct_l2"].shape == (16, 16)
@@ -256,7 +257,7 @@ def test_small_waves_and_batches_give_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(fragile_suite, "WAVE_CROPS", 50)  # one image per wave
     small = run_suite("fragile", {**params, "batch_size": 7}, context(tmp_path / "b", clf), samples)
     assert untimed(whole["metrics"]) == untimed(small["metrics"])
-    for name in ("rand_0_r40.npz", "rand_4_r40.npz"):
+    for name in ("rand_0_r_0p4.npz", "rand_4_r_0p4.npz"):
         a = np.load(tmp_path / "a" / "artifacts" / "fragile" / name)
         b = np.load(tmp_path / "b" / "artifacts" / "fragile" / name)
         for key in MAP_KEYS:
@@ -264,10 +265,9 @@ def test_small_waves_and_batches_give_the_same_result(tmp_path, monkeypatch):
         np.testing.assert_allclose(a["confidence_l"], b["confidence_l"], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("r, key", [(0.2, "r20"), (0.07, "r7"), (0.125, "r12_5"), (0.8, "r80"), (0.99, "r99")])
-def test_metric_keys_in_percent(r, key):
-    from worker.engine.suites.fragile.params import r_key
-
+@pytest.mark.parametrize("r, key", [(0.2, "r_0p2"), (0.07, "r_0p07"), (0.125, "r_0p125"), (0.8, "r_0p8"),
+                                    (0.99, "r_0p99"), (1.0, "r_1")])
+def test_metric_keys_follow_the_one_rule(r, key):
     assert r_key(r) == key
 
 

@@ -18,7 +18,7 @@ from worker.engine.errors import DatasetError, ModelCardError, SpecError
 from worker.engine.samples import prepare_image
 
 CARD = {"format": "torchscript", "num_classes": 10, "input_size": [1, 32, 32], "mean": [0.5], "std": [0.25]}
-PGD_ONLY = {"norms": ["linf"], "linf_eps": [0.3], "attacks": ["pgd"], "minimal": "none", "targeted": False,
+PGD_ONLY = {"norms": ["linf"], "linf_eps": [0.3], "attacks": ["pgd"], "minimal": "none", "targeted": {"enabled": False},
             "attack_params": {"pgd": {"steps": 5}}}
 
 

@@ -381,7 +381,8 @@ def test_onnx_audit_end_to_end_with_attacks(tmp_path: Path, onnx_file: Path, rep
     (tmp_path / "cnn.card.json").write_text(json.dumps(ONNX_CARD))
     model = tmp_path / "cnn.onnx"
     model.write_bytes(onnx_file.read_bytes())
-    attacks = {"norms": ["linf"], "linf_eps": [0.3], "attacks": ["pgd"], "minimal": "none", "targeted": False}
+    attacks = {"norms": ["linf"], "linf_eps": [0.3], "attacks": ["pgd"], "minimal": "none",
+               "targeted": {"enabled": False}}
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": str(model), "dataset": {"kind": "builtin", "name": "digits", "n_samples": 12},
                                 "suites": {"attacks": attacks}, "gates": ["attacks.robust_accuracy.linf.eps_0p3<=1"]}))

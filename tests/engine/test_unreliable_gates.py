@@ -22,7 +22,7 @@ GATE = "attacks.robust_accuracy.linf.eps_0p1>=0.6"
 # the attacks suite restricted to what the gate reads (L-inf 0.1, no targeted or minimal parts),
 # with the default attack set; Square's budget is cut from 5000 queries to 300 to keep the test
 # short (300 already leave about 0.3 robust here)
-LEAN = {"norms": ["linf"], "linf_eps": [0.1], "minimal": "none", "targeted": False,
+LEAN = {"norms": ["linf"], "linf_eps": [0.1], "minimal": "none", "targeted": {"enabled": False},
         "attack_params": {"square": {"n_queries": 300}}}
 
 

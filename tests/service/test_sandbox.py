@@ -204,7 +204,7 @@ def test_scripted_model_cannot_write_a_server_file(client, config, tmp_path, at_
 
 def test_over_the_api_models_are_ids_never_paths(client, model_id, dispatcher):
     for sur in ({"model": "/etc/passwd"}, {"card": "/etc/passwd"}, {"model_id": model_id, "model": "x.pt"}):
-        body = post_audit(client, audit_body(model_id, suites={"attacks": {"surrogate": sur}}, gates=[]))
+        body = post_audit(client, audit_body(model_id, suites={"attacks": {"transfer": sur}}, gates=[]))
         err = assert_error_body(body, 422, "invalid_spec")
         assert "over the API a model is named by model_id" in err["message"]
         assert "passwd" not in err["message"]
@@ -254,7 +254,7 @@ def test_reports_and_errors_name_ids_not_server_paths(client, config, model_id, 
     # a surrogate whose card no longer fits fails the audit in the sandbox, naming ids only
     with store.session() as s:
         s.get(Model, sur).card = {**s.get(Model, sur).card, "input_size": [1, 30, 30]}
-    body = audit_body(model_id, suites={"attacks": {"surrogate": {"model_id": sur}}}, gates=[],
+    body = audit_body(model_id, suites={"attacks": {"transfer": {"model_id": sur}}}, gates=[],
                       dataset={"kind": "builtin", "name": "digits", "n_samples": 4})
     audit_id = post_audit(client, body).json["id"]
     assert execute_audit(config, audit_id).value == "failed"

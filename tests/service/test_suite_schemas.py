@@ -22,3 +22,15 @@ def test_string_list_validated():
     assert schema.load({"names": ["x", "y"]}) == {"names": ["x", "y"]}
     with pytest.raises(ValidationError):
         schema.load({"names": ["x", ""]})
+
+
+def test_parameters_of_an_older_shape_are_refused_naming_the_new_place():
+    schema = suites_schema()()
+    with pytest.raises(ValidationError) as err:
+        schema.load({"attacks": {"targeted_eps": 0.1, "norms": ["linf"]}})
+    assert err.value.messages == {"attacks": {"targeted_eps": [
+        "moved: write attacks.targeted.eps (see docs/parameters.md)"]}}
+    with pytest.raises(ValidationError, match="attacks.targeted.enabled"):
+        schema.load({"attacks": {"targeted": False}})
+    loaded = schema.load({"attacks": {"targeted": {"enabled": False}, "transfer": {"model_id": "m"}}})
+    assert loaded["attacks"]["targeted"] == {"enabled": False}

@@ -139,9 +139,14 @@ class Param:
 
 @dataclass(frozen=True)
 class ParamSchema:
-    """An ordered set of parameters; validates a request's dict and fills in defaults."""
+    """An ordered set of parameters; validates a request's dict and fills in defaults.
+
+    ``moved`` lists (old name, new place) of parameters an older shape had: a request that
+    still uses one is refused with the new place named, never silently read.
+    """
 
     params: tuple[Param, ...] = field(default_factory=tuple)
+    moved: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]
@@ -157,10 +162,13 @@ class ParamSchema:
         raw = dict(raw or {})
         known = {p.name: p for p in self.params}
         errors: dict[str, str] = {}
-        for key in sorted(set(raw) - set(known)):
+        errors.update(self.moved_errors(raw, prefix=prefix))
+        for key in sorted(set(raw) - set(known) - set(errors_keys(errors, prefix))):
             errors[prefix + key] = f"unknown parameter; known: {sorted(known)}"
         out: dict[str, Any] = {}
         for p in self.params:
+            if prefix + p.name in errors:  # an old shape's value under a current name: reported above
+                continue
             if p.name not in raw:
                 out[p.name] = self.defaults()[p.name]
                 continue
@@ -176,5 +184,20 @@ class ParamSchema:
             raise SpecError(f"invalid parameters: {summary}", errors=errors)
         return out
 
+    def moved_errors(self, raw: Mapping[str, Any], *, prefix: str = "") -> dict[str, str]:
+        """The parameters of an older shape in ``raw``, each with its new place. An old name that is
+        now an object's name is fine when the value is an object (``"targeted": {...}``)."""
+        return {prefix + old: moved_message(prefix, new) for old, new in self.moved
+                if old in raw and not (old == new.split(".")[0] and isinstance(raw[old], Mapping))}
+
     def describe(self) -> list[dict[str, Any]]:
         return [p.describe() for p in self.params]
+
+
+def moved_message(prefix: str, new: str) -> str:
+    """What a request that uses a parameter of the older shape is told (docs/parameters.md has the table)."""
+    return f"moved: write {prefix}{new} (see docs/parameters.md)"
+
+
+def errors_keys(errors: Mapping[str, str], prefix: str) -> list[str]:
+    return [k[len(prefix):] for k in errors if k.startswith(prefix)]

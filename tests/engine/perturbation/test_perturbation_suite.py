@@ -58,7 +58,7 @@ def test_cli_audit_on_demo_model_validates_and_lists_every_metric(tmp_path, repo
     code = main(["audit", "--quiet", "--model", str(DEMO / "digits_cnn.pt"), "--dataset", "builtin:digits",
                  "--n-samples", "12", "--config", str(cfg), "--out", str(out),
                  "--gate", "perturbation.corruptions.contrast.s1>=0", "--gate", "perturbation.geometric.worst_case>=0",
-                 "--gate", "perturbation.generator_layers.fc.success_rate.eps16>=0"])
+                 "--gate", "perturbation.generator_layers.fc.success_rate.eps_16>=0"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     report_validator.validate(report)
@@ -123,7 +123,7 @@ def test_corruption_and_geometric_metrics_match_a_direct_computation(tmp_path):
                 assert m["geometric"]["transforms"][key]["value"] == pytest.approx(ok.double().mean().item())
     worst = torch.stack(hits).all(0).double().mean().item()
     assert m["geometric"]["worst_case"]["value"] == pytest.approx(worst)
-    assert m["geometric"]["transforms"]["rot0_tx0_ty0"]["value"] == pytest.approx(clean)
+    assert m["geometric"]["transforms"]["rot_0_tx_0_ty_0"]["value"] == pytest.approx(clean)
 
 
 def test_generator_part_is_skipped_with_a_warning_without_a_generator(tmp_path):
@@ -190,5 +190,5 @@ def test_fixed_mode_alone_reports_the_smallest_successful_budget(tmp_path):
     fc = entry["metrics"]["generator_layers"]["fc"]
     assert "growing_success_rate" not in fc
     flipped = fc["median_eps"]["n"]
-    assert flipped >= round(fc["success_rate"]["eps32"]["value"] * fc["success_rate"]["eps32"]["n"]) > 0
+    assert flipped >= round(fc["success_rate"]["eps_32"]["value"] * fc["success_rate"]["eps_32"]["n"]) > 0
     assert fc["median_eps"]["value"] in (4.0, 18.0, 32.0)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import torch
 
 from ...attacks.rng import SampleSeeds, sample_seed
 from ...classifier import Classifier
+from ..base import SuiteContext
 
 T = TypeVar("T")
 
@@ -69,3 +73,46 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What every part of the attacks suite gets to attack one shard.
+
+    Args:
+        ctx: the suite's context (model, artifacts, seed, generators).
+        params: the suite's validated parameters (a part reads its own object and the core ones).
+        x, y: prepared images and labels on the model's device.
+        ids: the sample ids, in the order of ``x``.
+        attacked: which samples are attacked (classified correctly on the clean image).
+        progress: this part's fraction done.
+    """
+
+    ctx: SuiteContext
+    params: dict[str, Any]
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list[str]
+    attacked: torch.Tensor
+    progress: Callable[[float], None]
+
+    @property
+    def clf(self) -> Classifier:
+        return self.ctx.classifier
+
+    @property
+    def seed(self) -> int:
+        return self.ctx.seed
+
+
+@dataclass(frozen=True)
+class Final:
+    """What every part of the attacks suite gets to finalize: the merged per-sample records
+    (core facts joined with each part's record under the part's name)."""
+
+    ctx: SuiteContext
+    suite: str
+    params: dict[str, Any]
+    records: list[Record]
+    class_names: list[str]
+    hierarchy: dict[str, str]

@@ -9,34 +9,47 @@ in an artifact) and the perturbation norms at first success.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ...attacks import IterativeLoss, Norm
-from ...classifier import Classifier
+from ...attacks import IterativeLoss, Norm, Objective
 from ...metrics import Unit, metric
-from .common import Record, median
+from ...params import Param, ParamKind, ParamSchema
+from ..parts import Part, PartResult
+from .common import Final, Record, Shard, median
 from .iterative_runs import outcome_metrics, run_iterative
+from .plots import loss_curve_plot
+
+SCHEMA = ParamSchema((
+    Param("enabled", ParamKind.BOOL, False, "run the loss comparison (2f): CE + L2 penalty, iterative "
+          "FGSM and CW margin at one step size and iteration cap"),
+    Param("objectives", ParamKind.CHOICE_LIST, [o.value for o in Objective], "losses to compare",
+          choices=tuple(o.value for o in Objective)),
+    Param("step", ParamKind.FLOAT, 0.01, "step size shared by every loss: largest per-pixel change per step",
+          minimum=1e-6, maximum=1.0),
+    Param("steps", ParamKind.INT, 50, "iteration cap shared by every loss", minimum=1, maximum=10_000),
+    Param("penalty", ParamKind.FLOAT, 0.01, "c of the CE + c * ||delta||_2^2 objective", minimum=0.0,
+          maximum=1e6),
+))
 
 
-def run_losses(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
-               params: dict[str, Any], seed: int, progress: Callable[[float], None]) -> dict[str, Record]:
+def run_losses(inp: Shard) -> dict[str, Record]:
     """Per attacked sample and loss: success, iteration of first success, norms at success."""
-    idx = attacked.nonzero().squeeze(1)
-    xs, ys = x[idx], y[idx]
-    sids = [ids[int(i)] for i in idx]
+    own = inp.params["loss_comparison"]
+    idx = inp.attacked.nonzero().squeeze(1)
+    xs, ys = inp.x[idx], inp.y[idx]
+    sids = [inp.ids[int(i)] for i in idx]
     out: dict[str, Record] = {s: {} for s in sids}
-    names = params["loss_objectives"]
+    names = own["objectives"]
     for n, name in enumerate(names):
-        attack = IterativeLoss(norm=Norm.LINF, objective=name, step_size=params["loss_step"],
-                               steps=params["loss_steps"], penalty=params["loss_penalty"])
-        runs = run_iterative(clf, attack, xs, ys, sids, targeted=False, mask=None, batch_size=params["batch_size"],
-                             seed=seed, salt=f"loss:{name}")
+        attack = IterativeLoss(norm=Norm.LINF, objective=name, step_size=own["step"], steps=own["steps"],
+                               penalty=own["penalty"])
+        runs = run_iterative(inp.clf, attack, xs, ys, sids, targeted=False, mask=None,
+                             batch_size=inp.params["batch_size"], seed=inp.seed, salt=f"loss:{name}")
         for sid, r in zip(sids, runs):
             out[sid][name] = r
-        progress((n + 1) / len(names))
+        inp.progress((n + 1) / len(names))
     return out
 
 
@@ -51,11 +64,11 @@ def quantile(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
-def curves(records: list[Record], params: dict[str, Any]) -> dict[str, Any]:
+def curves(records: list[Record], own: Mapping[str, Any]) -> dict[str, Any]:
     """Per loss: first successes per iteration (0..cap) and the cumulative success rate."""
-    cap = params["loss_steps"]
+    cap = own["steps"]
     out: dict[str, Any] = {"iterations": list(range(cap + 1)), "losses": {}}
-    for name in params["loss_objectives"]:
+    for name in own["objectives"]:
         runs = [r["loss_comparison"][name] for r in records if r.get("loss_comparison")]
         counts = [0] * (cap + 1)
         for r in runs:
@@ -69,11 +82,11 @@ def curves(records: list[Record], params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def loss_metrics(records: list[Record], params: dict[str, Any]) -> dict[str, Any]:
+def loss_metrics(records: list[Record], own: Mapping[str, Any]) -> dict[str, Any]:
     """loss_comparison.{loss}.{success_rate, l0, l2, linf, iterations.{median, p25, p75}}"""
-    cond = f"step {params['loss_step']:g}, cap {params['loss_steps']}"
+    cond = f"step {own['step']:g}, cap {own['steps']}"
     out: dict[str, Any] = {}
-    for name in params["loss_objectives"]:
+    for name in own["objectives"]:
         runs = [r["loss_comparison"][name] for r in records if r.get("loss_comparison")]
         its = [float(r["iterations"]) for r in runs if r["success"]]
         leaf = outcome_metrics(runs, f"{name}, {cond}")
@@ -87,6 +100,28 @@ def loss_metrics(records: list[Record], params: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def loss_paths(params: dict[str, Any]) -> list[str]:
+def loss_paths(own: Mapping[str, Any]) -> list[str]:
     leaves = ("success_rate", "l0", "l2", "linf", "iterations.median", "iterations.p25", "iterations.p75")
-    return [f"loss_comparison.{n}.{v}" for n in params["loss_objectives"] for v in leaves]
+    return [f"{n}.{v}" for n in own["objectives"] for v in leaves]
+
+
+class LossComparisonPart(Part[Shard, Final]):
+    """2f: three losses at one step size and iteration cap."""
+
+    name = "loss_comparison"
+    help = "2f: the loss comparison (CE + L2 penalty, iterative FGSM, CW margin)"
+    schema = SCHEMA
+
+    def metric_paths(self, params: Mapping[str, Any]) -> list[str]:
+        return loss_paths(self.own(params))
+
+    def run(self, inputs: Shard) -> dict[str, Record]:
+        return run_losses(inputs)
+
+    def finalize(self, inputs: Final, partial: Any) -> PartResult:
+        own, store, suite = self.own(inputs.params), inputs.ctx.artifacts, inputs.suite
+        data = curves(inputs.records, own)
+        path = store.path(suite, "loss_comparison.json")
+        path.write_text(json.dumps(data, indent=1))
+        files = [store.relative(path), store.relative(loss_curve_plot(store.path(suite, "loss_comparison.png"), data))]
+        return PartResult(loss_metrics(inputs.records, own), files)

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...attacks import ATTACKS, Attack, Norm, Objective
-from ...attacks.masks import MaskShape
+from ...attacks import ATTACKS, Attack, Norm
 from ...errors import SpecError
 from ...params import Param, ParamKind, ParamSchema
+from ..keys import metric_key
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,9 @@ EOT = ParamSchema((
           "the model in a strict majority of them", minimum=1, maximum=256),
 ))
 
-#: the surrogate model of the transfer part (2g): a checkpoint path and its card, or (over the
-#: API) a registered model id that the service replaces by the stored path and card
-SURROGATE = ParamSchema((
-    Param("model", ParamKind.STR, None, "surrogate checkpoint path (the service fills it in from model_id)",
-          nullable=True),
-    Param("card", ParamKind.JSON, None, "surrogate model card: a path, the card object, or null (the "
-          "<stem>.card.json beside the checkpoint)", nullable=True),
-    Param("model_id", ParamKind.STR, None, "API only: a registered model id; the service resolves it to the "
-          "stored checkpoint and card", nullable=True),
-))
-
-SCHEMA = ParamSchema((
+#: the suite's own parameters (2a, misclassification, suitability, sanity); each part adds its
+#: object (suite.py lists the parts)
+CORE = ParamSchema((
     Param("norms", ParamKind.CHOICE_LIST, ["linf", "l2"], "threat models to evaluate",
           choices=tuple(n.value for n in Norm), max_items=2),
     Param("linf_eps", ParamKind.FLOAT_LIST, [1 / 255, 2 / 255, 4 / 255, 8 / 255],
@@ -101,57 +92,40 @@ SCHEMA = ParamSchema((
     Param("minimal", ParamKind.CHOICE, "fmn", "minimal-perturbation method: fast minimum-norm attack (its "
           "parameters under attack_params.fmn), or none",
           choices=("fmn", "none")),
-    Param("targeted", ParamKind.BOOL, True, "run the targeted all-pairs (modify / mimic) study"),
-    Param("targeted_norm", ParamKind.CHOICE, "linf", "norm of the targeted attack",
-          choices=tuple(n.value for n in Norm)),
-    Param("targeted_eps", ParamKind.FLOAT, 8 / 255, "budget of the targeted attack", minimum=1e-6, maximum=1000.0),
-    Param("targeted_steps", ParamKind.INT, 20, "PGD steps of the targeted attack", minimum=1, maximum=10_000),
-    Param("max_targets", ParamKind.INT, 9, "targets per source image: all other classes up to this count, "
-          "else a seeded sample of this many", minimum=1, maximum=1000),
-    Param("targeted_fraction", ParamKind.FLOAT, 1.0, "share of the correctly classified images used as "
-          "targeted sources (chosen by a seeded hash of the sample id)", minimum=1e-6, maximum=1.0),
     Param("suitability_margin", ParamKind.FLOAT, 0.1, "clean probability margin below which a source image "
           "is flagged as low-margin", minimum=0.0, maximum=1.0),
-    Param("regional", ParamKind.BOOL, False, "run the regional-perturbation study (2e): the attack restricted "
-          "to masks, beside the full-image attack"),
-    Param("regional_shapes", ParamKind.CHOICE_LIST, [m.value for m in MaskShape], "mask shapes: centred square, "
-          "border frame, seeded random pixels", choices=tuple(m.value for m in MaskShape)),
-    Param("regional_fractions", ParamKind.FLOAT_LIST, [0.17, 0.28, 0.45], "requested share of pixels per mask "
-          "(the report gives the actual share the pixel grid allows)", minimum=1e-6, maximum=1.0, max_items=8),
-    Param("regional_objective", ParamKind.CHOICE, Objective.SIGN_CE.value, "loss of the unbounded iterative "
-          "regional attack", choices=tuple(o.value for o in Objective)),
-    Param("regional_step", ParamKind.FLOAT, 0.01, "regional attack step: largest per-pixel change per step",
-          minimum=1e-6, maximum=1.0),
-    Param("regional_steps", ParamKind.INT, 50, "regional attack iteration cap", minimum=1, maximum=10_000),
-    Param("regional_targeted", ParamKind.BOOL, True, "also run the regional study targeted, at one seeded "
-          "target class per image"),
-    Param("loss_comparison", ParamKind.BOOL, False, "run the loss comparison (2f): CE + L2 penalty, iterative "
-          "FGSM and CW margin at one step size and iteration cap"),
-    Param("loss_objectives", ParamKind.CHOICE_LIST, [o.value for o in Objective], "losses to compare",
-          choices=tuple(o.value for o in Objective)),
-    Param("loss_step", ParamKind.FLOAT, 0.01, "step size shared by every loss: largest per-pixel change per step",
-          minimum=1e-6, maximum=1.0),
-    Param("loss_steps", ParamKind.INT, 50, "iteration cap shared by every loss", minimum=1, maximum=10_000),
-    Param("loss_penalty", ParamKind.FLOAT, 0.01, "c of the CE + c * ||delta||_2^2 objective", minimum=0.0,
-          maximum=1e6),
-    Param("surrogate", ParamKind.OBJECT, None, "transferability (2g): craft the attacks on this model and "
-          "evaluate them on the audited one", nullable=True, schema=SURROGATE),
     Param("batch_size", ParamKind.INT, None, "images per attack batch (null: the model's automatic size)",
           minimum=1, maximum=65_536, nullable=True),
 ))
 
 
+#: parameters of the flat shape (before the parts had objects) -> where each lives now
+MOVED: tuple[tuple[str, str], ...] = (
+    ("targeted", "targeted.enabled"), ("targeted_norm", "targeted.norm"), ("targeted_eps", "targeted.eps"),
+    ("targeted_steps", "targeted.steps"), ("max_targets", "targeted.max_targets"),
+    ("targeted_fraction", "targeted.fraction"),
+    ("regional", "regional.enabled"), ("regional_shapes", "regional.shapes"),
+    ("regional_fractions", "regional.fractions"), ("regional_objective", "regional.objective"),
+    ("regional_step", "regional.step"), ("regional_steps", "regional.steps"),
+    ("regional_targeted", "regional.targeted"),
+    ("loss_comparison", "loss_comparison.enabled"), ("loss_objectives", "loss_comparison.objectives"),
+    ("loss_step", "loss_comparison.step"), ("loss_steps", "loss_comparison.steps"),
+    ("loss_penalty", "loss_comparison.penalty"),
+    ("surrogate", "transfer"),
+)
+
+
 def eps_key(eps: float) -> str:
-    """A path-safe key for a budget: 4 significant digits, the dot spelt ``p`` (0.03137 -> eps_0p03137)."""
-    return "eps_" + f"{eps:.4g}".replace(".", "p").replace("-", "m").replace("+", "")
+    """The key of a budget (0.03137 -> eps_0p03137; users' gates name it)."""
+    return metric_key("eps", eps)
 
 
 def fraction_key(fraction: float) -> str:
-    """A path-safe key for a mask's requested pixel share: 0.17 -> f_0p17."""
-    return "f_" + f"{fraction:.4g}".replace(".", "p").replace("-", "m").replace("+", "")
+    """The key of a mask's requested pixel share: 0.17 -> f_0p17."""
+    return metric_key("f", fraction)
 
 
-def budgets(params: dict[str, Any], norm: str) -> list[float]:
+def budgets(params: Mapping[str, Any], norm: str) -> list[float]:
     return list(params[f"{norm}_eps"])
 
 
@@ -165,7 +139,7 @@ def expand(names: list[str]) -> list[str]:
     return out
 
 
-def attacks_for(params: dict[str, Any], norm: str) -> list[str]:
+def attacks_for(params: Mapping[str, Any], norm: str) -> list[str]:
     """The requested attacks (sets expanded) that support ``norm``, in run order."""
     return [a for a in expand(params["attacks"]) if a in ATTACKS and Norm(norm) in ATTACKS[a].supported_norms]
 
@@ -198,7 +172,7 @@ def with_set_defaults(raw: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def check(params: dict[str, Any]) -> dict[str, Any]:
-    """Cross-field checks: budgets that collide as keys, norms without an attack, the EoT switch."""
+    """Cross-field checks of the core: budgets that collide as keys, norms without an attack, the EoT switch."""
     errors: dict[str, str] = {}
     missing = [a for a in expand(params["attacks"]) if a not in ATTACKS]
     if missing:
@@ -212,16 +186,6 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
             errors["attacks.attacks"] = f"no requested attack supports the {norm} norm; add fgsm or pgd"
     if params["eot"]["enabled"] not in ("auto", True, False):
         errors["attacks.eot.enabled"] = 'must be "auto", true or false'
-    keys = [fraction_key(f) for f in params["regional_fractions"]]
-    if len(set(keys)) != len(keys):
-        errors["attacks.regional_fractions"] = "fractions must differ at 4 significant digits"
-    sur = params["surrogate"]
-    if sur is not None:
-        if sur["model"] is None:
-            errors["attacks.surrogate.model"] = ("give the surrogate's checkpoint path (over the API, a registered "
-                                                 "model_id, which the service resolves)")
-        if sur["card"] is not None and not isinstance(sur["card"], (str, dict)):
-            errors["attacks.surrogate.card"] = "must be a path, a card object or null"
     if errors:
         raise SpecError("invalid parameters: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), errors=errors)
     return params

@@ -1,4 +1,4 @@
-"""Suite ``attacks`` (SUITES.md section 2: parts 2a-2g and the sanity flags).
+"""Suite ``attacks`` (docs/suites/attacks.md: parts 2a-2g and the sanity flags).
 
 ``run`` attacks one shard and returns per-sample facts only (success per attack and budget,
 adversarial classes, minimal norms, targeted outcomes, sanity facts); ``finalize`` computes
@@ -15,20 +15,29 @@ import torch
 from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric
+from ...params import ParamSchema
 from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult
-from .common import Record, in_batches
-from .extras import check_extras, enabled, extra_paths, extra_results, run_extras
+from ..parts import CompositeMixin, Part, part_params
+from .common import Final, Record, Shard, in_batches
+from .loss_comparison import LossComparisonPart
 from .misclassification import misclassification_metrics
-from .params import SCHEMA, attacks_for, budgets, check, eps_key, with_set_defaults
-from .plots import modify_mimic_plot, robust_accuracy_plot
+from .params import CORE, MOVED, attacks_for, budgets, check, eps_key, with_set_defaults
+from .plots import robust_accuracy_plot
+from .regional import RegionalPart
 from .robustness import merge_costs, robustness_metrics, run_untargeted
 from .sanity import eot_summary, probe, sanity_warnings, unreliable_metrics
 from .suitability import suitability_metrics
-from .targeted import matrix_artifact, run_targeted, targeted_metrics
+from .targeted import TargetedPart
+from .transfer import TransferPart
+
+#: the parts after the untargeted core (2a), in run order; a new part is one module and one entry
+PARTS: tuple[Part[Shard, Final], ...] = (TargetedPart(), RegionalPart(), LossComparisonPart(), TransferPart())
+#: progress units of the untargeted core against a part's
+CORE_UNITS = 3
 
 
-class AttacksSuite(Suite):
+class AttacksSuite(CompositeMixin[Shard, Final], Suite):
     """Robust accuracy, minimal perturbations, targeted modify/mimic, misclassification
     classes, source-image suitability and sanity flags."""
 
@@ -39,21 +48,22 @@ class AttacksSuite(Suite):
                    "minimal perturbations (FMN), targeted all-pairs modify/mimic rates, misclassification classes, "
                    "source-image suitability, sanity flags; optionally regional masks, a loss comparison and "
                    "transferability from a surrogate model.")
-    params = SCHEMA
+    parts = PARTS
+    params = ParamSchema(CORE.params + part_params(PARTS), moved=MOVED)
     headline = ("robust_accuracy.*.*", "minimal_perturbation.*.median", "targeted.success_rate")
     demo_params = {"linf_eps": [0.05, 0.1, 0.2], "l2_eps": [0.5, 1.0, 2.0],
                    "attack_params": {"pgd": {"steps": 10}, "cw": {"steps": 20, "binary_search_steps": 2},
                                      "fmn": {"steps": 50}, "square": {"n_queries": 300}},
-                   "targeted_eps": 0.2, "targeted_steps": 10,
-                   "targeted_fraction": 0.5, "regional": True, "regional_steps": 20, "regional_step": 0.03,
-                   "loss_comparison": True, "loss_steps": 20, "loss_step": 0.02}
+                   "targeted": {"eps": 0.2, "steps": 10, "fraction": 0.5},
+                   "regional": {"enabled": True, "steps": 20, "step": 0.03},
+                   "loss_comparison": {"enabled": True, "steps": 20, "step": 0.02}}
 
     def validate_params(self, raw: Any) -> dict[str, Any]:
-        return check(super().validate_params(with_set_defaults(raw)))
+        return self.check_parts(check(super().validate_params(with_set_defaults(raw))))
 
     def check_inputs(self, params: dict[str, Any], samples: SampleSet, classifier: Classifier) -> None:
         """Masks that select no pixel and a surrogate that does not fit fail before any work."""
-        check_extras(params, classifier, lambda salt: torch.Generator().manual_seed(salt))  # emptiness only
+        self.check_part_inputs(params, samples, classifier)
 
     def metric_paths(self, params: dict[str, Any]) -> list[str]:
         paths = ["not_attacked"]
@@ -72,14 +82,7 @@ class AttacksSuite(Suite):
         paths += ["suitability.flagged"] + [f"suitability.flags.{f}" for f in
                                             ("misclassified", "low_margin", "falls_at_every_budget",
                                              "falls_at_no_budget")]
-        if params["targeted"]:
-            paths += ["targeted.success_rate", "targeted.modify.{class}", "targeted.mimic.{class}",
-                      "targeted.spearman", "targeted.easiest_to_modify", "targeted.hardest_to_modify",
-                      "targeted.easiest_to_mimic", "targeted.hardest_to_mimic",
-                      "targeted.groups.modify.{group}", "targeted.groups.mimic.{group}", "targeted.groups.spearman",
-                      "targeted.groups.easiest_to_modify", "targeted.groups.hardest_to_modify",
-                      "targeted.groups.easiest_to_mimic", "targeted.groups.hardest_to_mimic"]
-        return paths + extra_paths(params)
+        return paths + self.part_paths(params)
 
     def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:
         clf = ctx.classifier
@@ -110,32 +113,28 @@ class AttacksSuite(Suite):
         eot = _eot_for(params["eot"], sum(f["randomised"] for f in facts), clf)
         for sid in ids:
             records[sid]["eot"] = eot is not None
-        # progress: rough shares of the work per part (untargeted 3, targeted 1, each extra part 1)
-        extras = enabled(params)
-        total = 3 + int(params["targeted"]) + len(extras)
+        # progress: rough shares of the work (the untargeted core 3 units, each part its own)
+        total = CORE_UNITS + self.part_units(params)
         untargeted, cost = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                          lambda f: ctx.progress(3 * f / total), eot)
+                                          lambda f: ctx.progress(CORE_UNITS * f / total), eot)
         for sid in ids:
             records[sid]["attacks"] = untargeted[sid]
-            records[sid]["targeted"] = None
-        if params["targeted"]:
-            targeted = run_targeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                    lambda f: ctx.progress((3 + f) / total))
-            for sid, t in targeted.items():
-                records[sid]["targeted"] = t
-        done = 3 + int(params["targeted"])
-        parts = run_extras(ctx, samples, x, y, attacked, params,
-                           lambda f: ctx.progress((done + len(extras) * f) / total))
-        for part, per_sample in parts.items():
-            for sid in ids:
-                records[sid][part] = per_sample.get(sid)
-        return {"samples": records, "cost": cost}
+
+        def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
+            return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress)
+
+        parts = self.run_parts(params, inputs, ctx.progress, start=CORE_UNITS, total=total)
+        return {"samples": records, "cost": cost, "parts": parts}
 
     def merge(self, a: Partial, b: Partial) -> Partial:
-        return {"samples": {**a["samples"], **b["samples"]}, "cost": merge_costs(a["cost"], b["cost"])}
+        return {"samples": {**a["samples"], **b["samples"]}, "cost": merge_costs(a["cost"], b["cost"]),
+                "parts": self.merge_parts(a["parts"], b["parts"])}
 
     def finalize(self, ctx: SuiteContext, partial: Partial, params: dict[str, Any]) -> SuiteResult:
-        records = list(partial["samples"].values())
+        # each sample's core facts with its record of every part under the part's name (None: not attacked)
+        parts = partial["parts"]
+        records = [{**r, **{name: per.get(sid) for name, per in parts.items()}}
+                   for sid, r in partial["samples"].items()]
         card = ctx.classifier.card
         names = list(card.class_names) or [str(i) for i in range(ctx.classifier.num_classes)]
         hierarchy = dict(card.hierarchy)
@@ -151,25 +150,18 @@ class AttacksSuite(Suite):
         metrics["suitability"] = suitability
         artifacts = []
         store = ctx.artifacts
-        if params["targeted"]:
-            metrics["targeted"] = targeted_metrics(records, params, names, hierarchy)
-            matrix = matrix_artifact(records, names)
-            path = store.path(self.name, "targeted_matrix.json")
-            path.write_text(json.dumps(matrix, indent=1))
-            artifacts.append(store.relative(path))
-            artifacts.append(store.relative(_write_npz(store.path(self.name, "targeted_matrix.npz"), matrix)))
-            if n:
-                artifacts.append(store.relative(modify_mimic_plot(store.path(self.name, "modify_mimic.png"),
-                                                                  metrics["targeted"])))
+        final = Final(ctx=ctx, suite=self.name, params=params, records=records, class_names=names, hierarchy=hierarchy)
+        results = self.finalize_parts(final, parts)
+        for name, res in results:
+            metrics[name] = res.metrics
         if n:
             artifacts.append(store.relative(robust_accuracy_plot(store.path(self.name, "robust_accuracy.png"),
                                                                  metrics, params)))
         path = store.path(self.name, "suitability_flags.json")
         path.write_text(json.dumps(flags, indent=1))
         artifacts.append(store.relative(path))
-        more, files = extra_results(ctx, self.name, records, params)
-        metrics.update(more)
-        artifacts += files
+        for _, res in results:
+            artifacts += res.artifacts
         warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
         metadata = {"attacks": {norm: attacks_for(params, norm) for norm in params["norms"]},
                     "cascade": params["cascade"], "eot": eot_summary(records, params),
@@ -191,12 +183,3 @@ def _rounded(cost: dict[str, Any]) -> dict[str, Any]:
     return {norm: {name: {**c, "seconds": round(c["seconds"], 3)} for name, c in per.items()}
             for norm, per in cost.items()}
 
-
-def _write_npz(path: Any, matrix: dict[str, Any]) -> Any:
-    import numpy as np
-
-    with open(path, "wb") as fh:
-        np.savez(fh, attempts=np.asarray(matrix["attempts"], dtype=np.int64),
-                 successes=np.asarray(matrix["successes"], dtype=np.int64),
-                 class_names=np.asarray(matrix["class_names"]))
-    return path

@@ -7,18 +7,32 @@ images are moved anywhere). Mimic rate of a class: share of attempts aimed at it
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ...attacks import AttackResult
+from ...attacks import AttackResult, Norm
 from ...attacks.rng import sample_seed
-from ...classifier import Classifier
-from ...metrics import Unit, metric
-from .common import Record, in_batches, seeds_for, spearman
+from ...metrics import Unit, metric, proportion
+from ...params import Param, ParamKind, ParamSchema
+from ..parts import Part, PartResult
+from .common import Final, Record, Shard, in_batches, seeds_for, spearman
+from .plots import modify_mimic_plot
 from .robustness import build
+
+SCHEMA = ParamSchema((
+    Param("enabled", ParamKind.BOOL, True, "run the targeted all-pairs (modify / mimic) study"),
+    Param("norm", ParamKind.CHOICE, "linf", "norm of the targeted attack", choices=tuple(n.value for n in Norm)),
+    Param("eps", ParamKind.FLOAT, 8 / 255, "budget of the targeted attack", minimum=1e-6, maximum=1000.0),
+    Param("steps", ParamKind.INT, 20, "PGD steps of the targeted attack", minimum=1, maximum=10_000),
+    Param("max_targets", ParamKind.INT, 9, "targets per source image: all other classes up to this count, "
+          "else a seeded sample of this many", minimum=1, maximum=1000),
+    Param("fraction", ParamKind.FLOAT, 1.0, "share of the correctly classified images used as targeted "
+          "sources (chosen by a seeded hash of the sample id)", minimum=1e-6, maximum=1.0),
+))
 
 
 def chosen_as_source(seed: int, sid: str, fraction: float) -> bool:
@@ -34,27 +48,27 @@ def targets_for(seed: int, sid: str, label: int, num_classes: int, max_targets: 
     return sorted(random.Random(sample_seed(seed, "targets", sid)).sample(others, max_targets))
 
 
-def run_targeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
-                 params: dict[str, Any], seed: int, progress: Callable[[float], None]) -> dict[str, Record]:
+def run_targeted(inp: Shard) -> dict[str, Record]:
     """Per chosen source: its targets and whether each targeted attack succeeded."""
-    sources = [i for i in attacked.nonzero().squeeze(1).tolist()
-               if chosen_as_source(seed, ids[i], params["targeted_fraction"])]
+    clf, x, y, ids, seed, params = inp.clf, inp.x, inp.y, inp.ids, inp.seed, inp.params
+    own = params["targeted"]
+    sources = [i for i in inp.attacked.nonzero().squeeze(1).tolist()
+               if chosen_as_source(seed, ids[i], own["fraction"])]
     pairs: list[tuple[int, int]] = []
     for i in sources:
-        pairs += [(i, t) for t in targets_for(seed, ids[i], int(y[i]), clf.num_classes, params["max_targets"])]
+        pairs += [(i, t) for t in targets_for(seed, ids[i], int(y[i]), clf.num_classes, own["max_targets"])]
     out: dict[str, Record] = {ids[i]: {"targets": [], "success": []} for i in sources}
     if not pairs:
         return out
-    norm = params["targeted_norm"]
-    attack = build("pgd", norm, params, steps=params["targeted_steps"])  # attack_params.pgd, own step count
+    attack = build("pgd", own["norm"], params, steps=own["steps"])  # attack_params.pgd, own step count
     src = torch.tensor([p[0] for p in pairs], device=x.device)
     tgt = torch.tensor([p[1] for p in pairs], device=x.device)
     pair_ids = [f"{ids[i]}->{t}" for i, t in pairs]
 
     def chunk(start: int, stop: int) -> AttackResult:
-        res = attack(clf, x[src[start:stop]], tgt[start:stop], [params["targeted_eps"]], targeted=True,
+        res = attack(clf, x[src[start:stop]], tgt[start:stop], [own["eps"]], targeted=True,
                      rng=seeds_for(seed, pair_ids[start:stop], "targeted"))
-        progress(stop / len(pairs))
+        inp.progress(stop / len(pairs))
         return res
 
     flags: list[bool] = []
@@ -101,10 +115,11 @@ def targeted_metrics(records: list[Record], params: dict[str, Any], class_names:
     c = len(class_names)
     tries, wins = pair_counts(records, c)
     total = sum(map(sum, tries))
-    eps, norm = params["targeted_eps"], params["targeted_norm"]
-    cond = f"targeted PGD-{params['targeted_steps']}, {norm} eps={eps:g}"
+    own = params["targeted"]
+    eps, norm = own["eps"], own["norm"]
+    cond = f"targeted PGD-{own['steps']}, {norm} eps={eps:g}"
     out: dict[str, Any] = {
-        "success_rate": metric(sum(map(sum, wins)) / total if total else None, Unit.FRACTION, total,
+        "success_rate": proportion(sum(map(sum, wins)) / total if total else None, total,
                                f"share of (image, target) pairs that succeed, {cond}", eps=eps, norm=norm),
         **_summary(tries, wins, class_names, [[k] for k in range(c)], "class", cond),
     }
@@ -120,10 +135,10 @@ def _summary(tries: list[list[int]], wins: list[list[int]], names: list[str], me
     """Modify and mimic rates per class (or group), their rank correlation, easiest and hardest."""
     modify, mimic = _rates(tries, wins, members, 0), _rates(tries, wins, members, 1)
     out: dict[str, Any] = {
-        "modify": {names[k]: metric(r, Unit.FRACTION, t, f"modify rate of {kind} {names[k]!r}: share of its "
+        "modify": {names[k]: proportion(r, t, f"modify rate of {kind} {names[k]!r}: share of its "
                                     f"images' targeted attempts that succeed ({cond})")
                    for k, (r, t) in enumerate(modify) if t},
-        "mimic": {names[k]: metric(r, Unit.FRACTION, t, f"mimic rate of {kind} {names[k]!r}: share of attempts "
+        "mimic": {names[k]: proportion(r, t, f"mimic rate of {kind} {names[k]!r}: share of attempts "
                                    f"aimed at it that succeed ({cond})")
                   for k, (r, t) in enumerate(mimic) if t},
     }
@@ -135,8 +150,8 @@ def _summary(tries: list[list[int]], wins: list[list[int]], names: list[str], me
         have = [(r, k) for k, (r, t) in enumerate(rates) if r is not None]
         for name, pick in (("easiest", max(have, key=lambda v: (v[0], -v[1])) if have else None),
                            ("hardest", min(have, key=lambda v: (v[0], v[1])) if have else None)):
-            out[f"{name}_to_{label}"] = metric(
-                pick[0] if pick else None, Unit.FRACTION, rates[pick[1]][1] if pick else 0,
+            out[f"{name}_to_{label}"] = proportion(
+                pick[0] if pick else None, rates[pick[1]][1] if pick else 0,
                 f"{'highest' if name == 'easiest' else 'lowest'} {label} rate; the {kind} is in '{kind}' "
                 f"(ties: the first {kind})", **{kind: names[pick[1]] if pick else None})
     return out
@@ -150,3 +165,42 @@ def matrix_artifact(records: list[Record], class_names: list[str]) -> dict[str, 
             "attempts": tries, "successes": wins, "rates": rates}
 
 
+def write_matrix(path: Any, matrix: dict[str, Any]) -> Any:
+    """The matrix as .npz (integer counts and the class names), for numpy users (numpy imported
+    here: the engine runs with torch alone)."""
+    import numpy as np
+
+    with open(path, "wb") as fh:
+        np.savez(fh, attempts=np.asarray(matrix["attempts"], dtype=np.int64),
+                 successes=np.asarray(matrix["successes"], dtype=np.int64),
+                 class_names=np.asarray(matrix["class_names"]))
+    return path
+
+
+PATHS = ("success_rate", "modify.{class}", "mimic.{class}", "spearman", "easiest_to_modify", "hardest_to_modify",
+         "easiest_to_mimic", "hardest_to_mimic")
+
+
+class TargetedPart(Part[Shard, Final]):
+    """2b: targeted PGD on (source, target) pairs; modify and mimic rates per class and group."""
+
+    name = "targeted"
+    help = "2b: the targeted all-pairs (modify / mimic) study"
+    schema = SCHEMA
+
+    def metric_paths(self, params: Mapping[str, Any]) -> list[str]:
+        return list(PATHS) + ["groups." + p.replace("{class}", "{group}") for p in PATHS if p != "success_rate"]
+
+    def run(self, inputs: Shard) -> dict[str, Record]:
+        return run_targeted(inputs)
+
+    def finalize(self, inputs: Final, partial: Any) -> PartResult:
+        records, store, suite = inputs.records, inputs.ctx.artifacts, inputs.suite
+        metrics = targeted_metrics(records, inputs.params, inputs.class_names, inputs.hierarchy)
+        matrix = matrix_artifact(records, inputs.class_names)
+        path = store.path(suite, "targeted_matrix.json")
+        path.write_text(json.dumps(matrix, indent=1))
+        files = [store.relative(path), store.relative(write_matrix(store.path(suite, "targeted_matrix.npz"), matrix))]
+        if records:
+            files.append(store.relative(modify_mimic_plot(store.path(suite, "modify_mimic.png"), metrics)))
+        return PartResult(metrics, files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from ...params import Param, ParamKind, ParamSchema
+from ..keys import metric_key
 
 
 class FriType(str, Enum):
@@ -70,6 +71,5 @@ def region_side(r: float, height: int, width: int) -> int:
 
 
 def r_key(r: float) -> str:
-    """Metric key of a region fraction, in percent: 0.2 -> "r20", 0.25 -> "r25", 0.125 -> "r12_5"."""
-    pct = round(r * 100, 6)
-    return f"r{int(pct)}" if float(pct).is_integer() else "r" + f"{pct:g}".replace(".", "_")
+    """Metric key of a region fraction: 0.2 -> "r_0p2", 0.125 -> "r_0p125" (the one rule of suites/keys.py)."""
+    return metric_key("r", r)

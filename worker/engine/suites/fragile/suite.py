@@ -78,7 +78,7 @@ class FragileSuite(Suite):
         keys = [r_key(r) for r in params["region_fractions"]]
         if len(set(keys)) != len(keys):
             raise SpecError(f"fragile.region_fractions: {params['region_fractions']} give repeated metric keys "
-                            f"{keys}; use fractions that differ in percent")
+                            f"{keys}; use fractions that differ at 4 significant digits")
         if params["antialias"] and params["interpolation"] == Interpolation.NEAREST.value:
             raise SpecError("fragile.antialias: antialiasing applies to bilinear and bicubic interpolation only; "
                             "set antialias to false or choose another interpolation")

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ...metrics import Unit, metric, proportion
-from ...samples import SampleSet
-from ..base import SuiteContext
-from .common import Progress, mean, predictions
-from .corruptions import SampleRandom, corrupt, sample_seed
+from ...params import Param, ParamKind, ParamSchema
+from ..parts import Part, PartResult
+from .common import Final, Progress, Shard, mean, predictions
+from .corruptions import CORRUPTIONS, SampleRandom, corrupt, sample_seed
+
+SCHEMA = ParamSchema((
+    Param("enabled", ParamKind.BOOL, True, "run the common corruptions (ImageNet-C)"),
+    Param("names", ParamKind.CHOICE_LIST, list(CORRUPTIONS), "corruptions to apply",
+          choices=tuple(CORRUPTIONS), max_items=len(CORRUPTIONS)),
+    Param("severities", ParamKind.INT_LIST, [1, 2, 3, 4, 5], "ImageNet-C severities", minimum=1, maximum=5,
+          max_items=5),
+))
 
 
-def units(params: dict[str, Any]) -> int:
+def units(params: Mapping[str, Any]) -> int:
     return len(params["names"]) * len(params["severities"]) if params["enabled"] else 0
 
 
-def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+def run(inp: Shard) -> dict[str, Any]:
     """Per sample id: corruption -> [correct at each requested severity]."""
+    ctx, samples, params = inp.ctx, inp.samples, inp.params["corruptions"]
+    progress = Progress(inp.progress, units(params))
     clf = ctx.classifier
     x = samples.prepared(clf.card)
     labels = samples.labels.to(clf.device)
@@ -40,7 +51,8 @@ def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress:
     return out
 
 
-def metrics(records: dict[str, dict[str, list[bool]]], clean: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def metrics(records: dict[str, dict[str, list[bool]]], clean: Mapping[str, Any], params: Mapping[str, Any]
+            ) -> dict[str, Any]:
     """Accuracy per corruption and severity, mean corruption error and the drop against clean."""
     ids = sorted(records)
     n = len(ids)
@@ -80,7 +92,7 @@ def metrics(records: dict[str, dict[str, list[bool]]], clean: dict[str, Any], pa
     mean_acc = mean(accs)
     out["mean_accuracy"] = metric(mean_acc, Unit.FRACTION, n, "top-1 accuracy averaged over every corruption "
                                   "and severity")
-    out["clean"] = metric(clean_acc, Unit.FRACTION, n, "top-1 accuracy of the same samples uncorrupted")
+    out["clean"] = proportion(clean_acc, n, "top-1 accuracy of the same samples uncorrupted")
     drop = None if clean_acc is None or mean_acc is None else clean_acc - mean_acc
     out["drop"] = metric(drop, Unit.FRACTION, n, "clean accuracy minus mean corrupted accuracy")
     out["relative_drop"] = metric(None if drop is None or not clean_acc else drop / clean_acc, Unit.RATIO, n,
@@ -88,12 +100,30 @@ def metrics(records: dict[str, dict[str, list[bool]]], clean: dict[str, Any], pa
     return out
 
 
-def metric_paths(params: dict[str, Any]) -> list[str]:
-    if not params["enabled"]:
-        return []
+def metric_paths(params: Mapping[str, Any]) -> list[str]:
+    """Paths below ``corruptions.``."""
     paths = []
     for name in params["names"]:
-        paths += [f"corruptions.{name}.s{s}" for s in params["severities"]]
-        paths += [f"corruptions.{name}.mean", f"corruptions.{name}.error"]
-    return paths + [f"corruptions.{k}" for k in ("mce", "relative_mce", "mean_accuracy", "clean", "drop",
-                                                  "relative_drop")]
+        paths += [f"{name}.s{s}" for s in params["severities"]]
+        paths += [f"{name}.mean", f"{name}.error"]
+    return paths + ["mce", "relative_mce", "mean_accuracy", "clean", "drop", "relative_drop"]
+
+
+class CorruptionsPart(Part[Shard, Final]):
+    """3b: accuracy under the ImageNet-C corruptions."""
+
+    name = "corruptions"
+    help = "3b: common corruptions"
+    schema = SCHEMA
+
+    def units(self, params: Mapping[str, Any]) -> int:
+        return units(self.own(params))
+
+    def metric_paths(self, params: Mapping[str, Any]) -> list[str]:
+        return metric_paths(self.own(params))
+
+    def run(self, inputs: Shard) -> dict[str, Any]:
+        return run(inputs)
+
+    def finalize(self, inputs: Final, partial: Any) -> PartResult:
+        return PartResult(metrics(partial, inputs.ctx.shared.get("clean", {}), self.own(inputs.params)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,56 @@ import torch.nn.functional as F
 
 from ...generators import GeneratorError, LoadedGenerator, load_generator
 from ...metrics import Unit, metric, proportion
+from ...params import Param, ParamKind, ParamSchema
 from ...samples import SampleSet
 from ..base import SuiteContext, Warning_
-from .common import Progress, label, median
+from ..keys import colliding, metric_key
+from ..parts import Part, PartResult
+from .artifacts import example_grid
+from .common import Final, Progress, Shard, median
 from .corruptions import sample_seed
 from .generator_layers import AttackSettings, OutputFit, Spread, attack, fixed_budget, growing_budget, layer_spreads
+
+#: growing mode may take at most this many steps (max_eps / eps_growth).
+MAX_GROWING_STEPS = 5000
+#: each shard keeps its first examples (<= 32) per layer; the 32 smallest seed keys of the union
+#: then contain the final choice whatever the sharding
+MERGED_EXAMPLES = 32
+
+SCHEMA = ParamSchema((
+    Param("enabled", ParamKind.BOOL, True, "run the generator-layer perturbations (skipped with a warning when "
+          "no generator is given and the dataset has no bundled one)"),
+    Param("generator", ParamKind.STR, None, "generator weights file (safetensors or state dict; CLI only, the "
+          "service fills it in from generator_id); default: the bundled demo generator for builtin:digits",
+          nullable=True),
+    Param("card", ParamKind.JSON, None, "generator card: a path, the card object, or null (the <stem>.card.json "
+          "beside the weights; CLI only, the service fills it in from generator_id)", nullable=True),
+    Param("generator_id", ParamKind.STR, None, "API: a registered generator's id (uploaded to /v1/models with "
+          "kind=generator); the service resolves it", nullable=True),
+    Param("layers", ParamKind.STR_LIST, None, "layers to perturb (default: all in the card, coarse -> fine)",
+          nullable=True),
+    Param("seeds_per_sample", ParamKind.INT, 1, "latents drawn per sampled image (its class is the seed's class)",
+          minimum=1, maximum=16),
+    Param("sample_fraction", ParamKind.FLOAT, 1.0, "share of the sampled images that get seeds (chosen by a hash "
+          "of the sample id, so every shard agrees)", minimum=0.001, maximum=1.0),
+    Param("modes", ParamKind.CHOICE_LIST, ["fixed", "growing"], "fixed: success rate per eps; growing: eps "
+          "grown each step until success", choices=("fixed", "growing"), max_items=2),
+    Param("eps", ParamKind.FLOAT_LIST, [2.0, 4.0, 8.0, 16.0], "fixed-mode L2 budgets on p (in units of the "
+          "per-unit spread)", minimum=1e-6, maximum=1e6, max_items=16),
+    Param("steps", ParamKind.INT, 50, "Adam steps per fixed budget", minimum=1, maximum=2000),
+    Param("lr", ParamKind.FLOAT, 0.1, "Adam learning rate on p", minimum=1e-6, maximum=100.0),
+    Param("kappa", ParamKind.FLOAT, 0.0, "margin asked for beyond the decision boundary", minimum=0.0,
+          maximum=1000.0),
+    Param("eps_growth", ParamKind.FLOAT, 0.5, "growing mode: budget increase per step", minimum=1e-6,
+          maximum=1e6),
+    Param("max_eps", ParamKind.FLOAT, 32.0, "growing mode: largest budget", minimum=1e-6, maximum=1e6),
+    Param("spread", ParamKind.CHOICE, Spread.STD.value, "per-unit scale of the perturbation: standard deviation "
+          "or max - min over the reference batch", choices=tuple(s.value for s in Spread)),
+    Param("reference_batch", ParamKind.INT, 256, "latents in the spread estimate", minimum=2, maximum=4096),
+    Param("resize_output", ParamKind.BOOL, False, "resize generator images to the model's input size when "
+          "they differ (otherwise that is an error)"),
+    Param("examples", ParamKind.INT, 6, "example pairs per layer in the PNG grid", minimum=0, maximum=32),
+))
 
 DEMO_GENERATOR = Path(__file__).resolve().parents[2] / "assets" / "demo" / "digits_generator.safetensors"
 CHUNK = 64
@@ -69,9 +115,10 @@ def class_map(gen: LoadedGenerator, model_names: list[str]) -> dict[int, int]:
     return mapping
 
 
-def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress: Progress,
-        cache: dict[str, LoadedGenerator]) -> dict[str, Any]:
+def run(inp: Shard) -> dict[str, Any]:
     """Per seed outcomes and a few example images per layer."""
+    ctx, samples, params, cache = inp.ctx, inp.samples, inp.params["generator_layers"], inp.generators
+    progress = Progress(inp.progress, units(params))
     path, reason = generator_source(samples, params)
     if path is None:
         return {"skipped": reason, "seeds": {}, "examples": {}}
@@ -215,7 +262,7 @@ def metrics(part: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         if "fixed" in params["modes"]:
             entry["success_rate"] = {
-                label("eps", e): proportion(_rate([r["fixed"][j] for r in rows]), n,
+                metric_key("eps", e): proportion(_rate([r["fixed"][j] for r in rows]), n,
                                         f"share of seeds whose class a perturbation of layer {layer!r} with "
                                         f"||p||_2 <= {e:g} (spread units) flips", eps=e, layer=layer)
                 for j, e in enumerate(params["eps"])}
@@ -238,19 +285,72 @@ def _rate(values: list[bool]) -> float | None:
     return math.fsum(float(v) for v in values) / len(values) if values else None
 
 
-def metric_paths(params: dict[str, Any]) -> list[str]:
-    if not params["enabled"]:
-        return []
+def metric_paths(params: Mapping[str, Any]) -> list[str]:
+    """Paths below ``generator_layers.``."""
     layers = [layer_key(name) for name in params["layers"]] if params["layers"] else ["{layer}"]
-    paths = ["generator_layers.seeds_drawn", "generator_layers.seeds_kept"]
+    paths = ["seeds_drawn", "seeds_kept"]
     for lk in layers:
         if "fixed" in params["modes"]:
-            paths += [f"generator_layers.{lk}.success_rate.{label('eps', e)}" for e in params["eps"]]
+            paths += [f"{lk}.success_rate.{metric_key('eps', e)}" for e in params["eps"]]
         if "growing" in params["modes"]:
-            paths.append(f"generator_layers.{lk}.growing_success_rate")
-        paths.append(f"generator_layers.{lk}.median_eps")
+            paths.append(f"{lk}.growing_success_rate")
+        paths.append(f"{lk}.median_eps")
     return paths
 
 
 def skip_warning(reason: str) -> dict[str, Any]:
     return Warning_("generator_layers_skipped", f"generator-layer perturbations skipped: {reason}", {}).to_dict()
+
+
+class GeneratorLayersPart(Part[Shard, Final]):
+    """3a: feature perturbations at a generator's layers, coarse to fine."""
+
+    name = "generator_layers"
+    help = "3a: generator-layer feature perturbations"
+    schema = SCHEMA
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        g = self.own(params)
+        errors = {}
+        if g["enabled"] and "growing" in g["modes"] and g["max_eps"] / g["eps_growth"] > MAX_GROWING_STEPS:
+            errors["eps_growth"] = (f"max_eps / eps_growth is {g['max_eps'] / g['eps_growth']:.0f} steps; at most "
+                                    f"{MAX_GROWING_STEPS}: raise eps_growth")
+        if g["card"] and not g["generator"]:
+            errors["card"] = "card is set but generator is not: give the weights too"
+        if colliding("eps", g["eps"]):
+            errors["eps"] = "budgets must differ at 4 significant digits (they are metric keys)"
+        return errors
+
+    def units(self, params: Mapping[str, Any]) -> int:
+        return units(self.own(params))
+
+    def metric_paths(self, params: Mapping[str, Any]) -> list[str]:
+        return metric_paths(self.own(params))
+
+    def run(self, inputs: Shard) -> dict[str, Any]:
+        # TorchScript's profiling executor re-optimises the backward graph for every new batch
+        # shape (seconds each on a CPU); seeds come in chunks of varying size, so run unoptimised.
+        with torch.jit.optimized_execution(False):
+            return run(inputs)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return merge(a, b, examples=MERGED_EXAMPLES)
+
+    def finalize(self, inputs: Final, partial: Any) -> PartResult:
+        if partial.get("skipped"):
+            return PartResult(None, warnings=[skip_warning(partial["skipped"])])
+        ctx, own = inputs.ctx, self.own(inputs.params)
+        out = PartResult(metrics(partial, own), extra={"generator": partial.get("generator")})
+        for layer in partial["layers"]:
+            shown = partial["examples"].get(layer, [])[:own["examples"]]
+            if shown:
+                path = ctx.artifacts.path(inputs.suite, f"generator_{layer_key(layer)}.png")
+                example_grid(shown, path, title=f"layer {layer}", class_names=list(ctx.classifier.card.class_names))
+                out.artifacts.append(ctx.artifacts.relative(path))
+        assert out.metrics is not None
+        kept, drawn = out.metrics["seeds_kept"]["value"], out.metrics["seeds_drawn"]["value"]
+        if drawn and kept is not None and kept < 0.5 * drawn:
+            out.warnings.append(Warning_("generator_seeds_rejected", f"the model classifies only {kept:.0f} of "
+                                         f"{drawn:.0f} generated seeds as their class: the generator may not fit "
+                                         "this model or dataset", {"kept": kept, "drawn": drawn}).to_dict())
+        return out

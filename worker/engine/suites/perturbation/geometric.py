@@ -14,6 +14,8 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 
+from ..keys import metric_key
+
 
 class Padding(str, Enum):
     ZEROS = "zeros"
@@ -32,15 +34,10 @@ class Transform:
 
     @property
     def key(self) -> str:
-        """A metric-path-safe name, e.g. ``rot-30_tx3_ty0`` or ``scale0p8``."""
+        """A metric-path-safe name, e.g. ``rot_m30_tx_3_ty_0`` or ``scale_0p8``."""
         if self.angle == 0 and self.tx == 0 and self.ty == 0 and self.scale != 1:
-            return f"scale{_num(self.scale)}"
-        return f"rot{_num(self.angle)}_tx{_num(self.tx)}_ty{_num(self.ty)}"
-
-
-def _num(v: float) -> str:
-    text = f"{v:g}"
-    return text.replace(".", "p")
+            return metric_key("scale", self.scale)
+        return "_".join((metric_key("rot", self.angle), metric_key("tx", self.tx), metric_key("ty", self.ty)))
 
 
 def grid(rotations: list[float], translations: list[float]) -> list[Transform]:

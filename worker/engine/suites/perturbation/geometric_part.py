@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ...metrics import proportion
-from ...samples import SampleSet
-from ..base import SuiteContext
-from .common import Progress, mean, predictions
+from ...params import Param, ParamKind, ParamSchema
+from ..keys import colliding
+from ..parts import Part, PartResult
+from .common import Final, Progress, Shard, mean, predictions
 from .geometric import Padding, Transform, apply, grid
 
+SCHEMA = ParamSchema((
+    Param("enabled", ParamKind.BOOL, True, "run the geometric transforms"),
+    Param("rotations", ParamKind.FLOAT_LIST, [-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0],
+          "rotation angles in degrees (counter-clockwise) of the grid", minimum=-180, maximum=180),
+    Param("translations", ParamKind.FLOAT_LIST, [-3.0, 0.0, 3.0],
+          "shifts in pixels (model input size), used for x and y alike", minimum=-64, maximum=64, max_items=16),
+    Param("scales", ParamKind.FLOAT_LIST, [0.8, 0.9, 1.1, 1.2], "zoom factors about the centre (1 = unchanged)",
+          minimum=0.25, maximum=4.0),
+    Param("padding", ParamKind.CHOICE, Padding.ZEROS.value, "fill outside the image",
+          choices=tuple(p.value for p in Padding)),
+))
 
-def transforms(params: dict[str, Any]) -> tuple[list[Transform], list[Transform]]:
+
+def transforms(params: Mapping[str, Any]) -> tuple[list[Transform], list[Transform]]:
     return grid(params["rotations"], params["translations"]), [Transform(scale=s) for s in params["scales"]]
 
 
-def units(params: dict[str, Any]) -> int:
+def units(params: Mapping[str, Any]) -> int:
     g, s = transforms(params)
     return len(g) + len(s) if params["enabled"] else 0
 
 
-def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+def run(inp: Shard) -> dict[str, Any]:
     """Per sample id: {"grid": [correct per grid transform], "scales": [correct per scale]}."""
+    ctx, samples, params = inp.ctx, inp.samples, inp.params["geometric"]
+    progress = Progress(inp.progress, units(params))
     clf = ctx.classifier
     x = samples.prepared(clf.card)
     labels = samples.labels.to(clf.device)
@@ -44,7 +60,7 @@ def run(ctx: SuiteContext, samples: SampleSet, params: dict[str, Any], progress:
     return out
 
 
-def metrics(records: dict[str, dict[str, list[bool]]], params: dict[str, Any]) -> dict[str, Any]:
+def metrics(records: dict[str, dict[str, list[bool]]], params: Mapping[str, Any]) -> dict[str, Any]:
     ids = sorted(records)
     n = len(ids)
     g, s = transforms(params)
@@ -65,10 +81,35 @@ def metrics(records: dict[str, dict[str, list[bool]]], params: dict[str, Any]) -
     return out
 
 
-def metric_paths(params: dict[str, Any]) -> list[str]:
-    if not params["enabled"]:
-        return []
+def metric_paths(params: Mapping[str, Any]) -> list[str]:
+    """Paths below ``geometric.``."""
     g, s = transforms(params)
-    paths = [f"geometric.transforms.{t.key}" for t in g] + ["geometric.worst_case"]
-    paths += [f"geometric.scale.{t.key}" for t in s]
-    return paths + (["geometric.scale_worst_case"] if s else [])
+    paths = [f"transforms.{t.key}" for t in g] + ["worst_case"]
+    paths += [f"scale.{t.key}" for t in s]
+    return paths + (["scale_worst_case"] if s else [])
+
+
+class GeometricPart(Part[Shard, Final]):
+    """3c: rotations x translations with the worst case per sample, and scales."""
+
+    name = "geometric"
+    help = "3c: rotations, translations, scales"
+    schema = SCHEMA
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        own = self.own(params)
+        return {k: "values must differ at 4 significant digits (they are metric keys)"
+                for k, name in (("rotations", "rot"), ("translations", "tx"), ("scales", "scale"))
+                if colliding(name, own[k])}
+
+    def units(self, params: Mapping[str, Any]) -> int:
+        return units(self.own(params))
+
+    def metric_paths(self, params: Mapping[str, Any]) -> list[str]:
+        return metric_paths(self.own(params))
+
+    def run(self, inputs: Shard) -> dict[str, Any]:
+        return run(inputs)
+
+    def finalize(self, inputs: Final, partial: Any) -> PartResult:
+        return PartResult(metrics(partial, self.own(inputs.params)))

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ...generators import LoadedGenerator
+from ...params import ParamSchema
 from ...samples import SampleSet
-from ..base import Partial, Suite, SuiteContext, SuiteResult, Warning_
-from . import corruption_part, generator_part, geometric_part
-from .artifacts import example_grid
-from .common import Progress
-from .params import MAX_GROWING_STEPS, SCHEMA
+from ..base import Partial, Suite, SuiteContext, SuiteResult
+from ..parts import CompositeMixin, Part, part_params
+from .common import Final, Shard
+from .corruption_part import CorruptionsPart
+from .generator_part import GeneratorLayersPart
+from .geometric_part import GeometricPart
+
+#: the parts in run order; a new part is one module and one entry here
+PARTS: tuple[Part[Shard, Final], ...] = (CorruptionsPart(), GeometricPart(), GeneratorLayersPart())
 
 
-class PerturbationSuite(Suite):
+class PerturbationSuite(CompositeMixin[Shard, Final], Suite):
     """Generator-layer perturbations, ImageNet-C corruptions and geometric transforms."""
 
     name = "perturbation"
     description = ("Feature perturbations at generator layers (coarse -> fine), the 15 ImageNet-C corruptions at "
                    "5 severities, and rotations/translations/scales with the worst case per sample.")
-    params = SCHEMA
+    parts = PARTS
+    params = ParamSchema(part_params(PARTS))
     headline = ("corruptions.mean_accuracy", "corruptions.drop", "geometric.worst_case",
                 "generator_layers.*.median_eps")
     demo_params = {
@@ -42,80 +46,26 @@ class PerturbationSuite(Suite):
         self._generators: dict[str, LoadedGenerator] = {}
 
     def validate_params(self, raw: Any) -> dict[str, Any]:
-        from ...errors import SpecError
-
-        params = super().validate_params(raw)
-        g = params["generator_layers"]
-        if g["enabled"] and "growing" in g["modes"] and g["max_eps"] / g["eps_growth"] > MAX_GROWING_STEPS:
-            raise SpecError(f"{self.name}.generator_layers: max_eps / eps_growth is "
-                            f"{g['max_eps'] / g['eps_growth']:.0f} steps; at most {MAX_GROWING_STEPS}: "
-                            "raise eps_growth",
-                            errors={f"{self.name}.generator_layers.eps_growth": "too small for max_eps"})
-        if g["card"] and not g["generator"]:
-            raise SpecError(f"{self.name}.generator_layers.card is set but generator is not: give the weights too")
-        return params
+        return self.check_parts(super().validate_params(raw))
 
     def metric_paths(self, params: dict[str, Any]) -> list[str]:
-        return (generator_part.metric_paths(params["generator_layers"])
-                + corruption_part.metric_paths(params["corruptions"])
-                + geometric_part.metric_paths(params["geometric"]))
+        return self.part_paths(params)
 
     def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:
-        c, g, gl = params["corruptions"], params["geometric"], params["generator_layers"]
-        progress = Progress(ctx, corruption_part.units(c) + geometric_part.units(g) + generator_part.units(gl))
-        out: Partial = {}
-        if c["enabled"]:
-            out["corruptions"] = corruption_part.run(ctx, samples, c, progress)
-        if g["enabled"]:
-            out["geometric"] = geometric_part.run(ctx, samples, g, progress)
-        if gl["enabled"]:
-            # TorchScript's profiling executor re-optimises the backward graph for every new batch
-            # shape (seconds each on a CPU); seeds come in chunks of varying size, so run unoptimised.
-            with torch.jit.optimized_execution(False):
-                out["generator_layers"] = generator_part.run(ctx, samples, gl, progress, self._generators)
-        return out
+        def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
+            return Shard(ctx=ctx, samples=samples, params=params, progress=progress, generators=self._generators)
+
+        return {"parts": self.run_parts(params, inputs, ctx.progress)}
 
     def merge(self, a: Partial, b: Partial) -> Partial:
-        out: Partial = {}
-        for part in ("corruptions", "geometric"):
-            if part in a:
-                out[part] = {**a[part], **b[part]}
-        if "generator_layers" in a:
-            # Each shard keeps its first `examples` (<= 32) successes per layer; the 32 smallest seed
-            # keys of the union then contain the final choice whatever the sharding.
-            out["generator_layers"] = generator_part.merge(a["generator_layers"], b["generator_layers"],
-                                                           examples=32)
-        return out
+        return {"parts": self.merge_parts(a["parts"], b["parts"])}
 
     def finalize(self, ctx: SuiteContext, partial: Partial, params: dict[str, Any]) -> SuiteResult:
-        metrics: dict[str, Any] = {}
-        artifacts: list[str] = []
-        warnings: list[dict[str, Any]] = []
-        extra: dict[str, Any] = {}
-        if "corruptions" in partial:
-            metrics["corruptions"] = corruption_part.metrics(partial["corruptions"], ctx.shared.get("clean", {}),
-                                                             params["corruptions"])
-        if "geometric" in partial:
-            metrics["geometric"] = geometric_part.metrics(partial["geometric"], params["geometric"])
-        gl = partial.get("generator_layers")
-        if gl is not None:
-            if gl.get("skipped"):
-                warnings.append(generator_part.skip_warning(gl["skipped"]))
-            else:
-                gp = params["generator_layers"]
-                metrics["generator_layers"] = generator_part.metrics(gl, gp)
-                extra["generator"] = gl.get("generator")
-                for layer in gl["layers"]:
-                    shown = gl["examples"].get(layer, [])[:gp["examples"]]
-                    if shown:
-                        path = ctx.artifacts.path(self.name, f"generator_{generator_part.layer_key(layer)}.png")
-                        example_grid(shown, path, title=f"layer {layer}",
-                                     class_names=list(ctx.classifier.card.class_names))
-                        artifacts.append(ctx.artifacts.relative(path))
-                kept = metrics["generator_layers"]["seeds_kept"]["value"]
-                drawn = metrics["generator_layers"]["seeds_drawn"]["value"]
-                if drawn and kept is not None and kept < 0.5 * drawn:
-                    warnings.append(Warning_("generator_seeds_rejected", f"the model classifies only {kept:.0f} of "
-                                             f"{drawn:.0f} generated seeds as their class: the generator may not fit "
-                                             "this model or dataset", {"kept": kept, "drawn": drawn}).to_dict())
-        return SuiteResult(metrics=metrics, artifacts=artifacts, warnings=warnings, extra=extra)
+        out = SuiteResult(metrics={})
+        for name, res in self.finalize_parts(Final(ctx=ctx, suite=self.name, params=params), partial["parts"]):
+            if res.metrics is not None:
+                out.metrics[name] = res.metrics
+            out.artifacts += res.artifacts
+            out.warnings += res.warnings
+            out.extra.update(res.extra)
+        return out
