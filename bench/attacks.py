@@ -201,7 +201,7 @@ def main() -> None:
 
     # Parts 2a-2d only: the regional, loss-comparison and transfer parts (2e-2g) run unbounded
     # iterative attacks of their own and are measured by bench/attacks_extras.py.
-    demo = {**get_suite("attacks").demo_params, "regional": False, "loss_comparison": False,
+    demo = {**get_suite("attacks").demo_params, "regional": {"enabled": False}, "loss_comparison": {"enabled": False},
             "attacks": ["fgsm", "pgd", "cw"]}
     configs = {"demo parameters (FGSM, PGD, CW, FMN, targeted)": demo,
                "PGD parts only (FGSM, PGD, targeted; no CW, no FMN)": {**demo, "attacks": ["fgsm", "pgd"],
@@ -209,7 +209,7 @@ def main() -> None:
                "PGD parts, budgets where most samples fall (linf 0.1-0.3, l2 2-4, 20 steps)":
                    {**demo, "attacks": ["fgsm", "pgd"], "minimal": "none", "linf_eps": [0.1, 0.2, 0.3],
                     "l2_eps": [2.0, 3.0, 4.0], "attack_params": {**demo["attack_params"], "pgd": {"steps": 20}},
-                    "targeted_steps": 20}}
+                    "targeted": {**demo["targeted"], "steps": 20}}}
     print(f"\n2. whole attacks suite on the non-robust demo model, {args.suite_samples} digits samples "
           f"(best of {args.suite_repeats} alternating runs; passes = samples through the model):")
     for label, params in configs.items():

@@ -30,13 +30,16 @@ from worker.engine.suites.base import ArtifactStore, SuiteContext  # noqa: E402
 
 DEMO = ROOT / "worker" / "engine" / "assets" / "demo"
 SURROGATE = {"model": str(DEMO / "digits_cnn_pgd.pt"), "card": None}
-OFF = {"regional": False, "loss_comparison": False, "surrogate": None}
+#: each part's object: the demo's settings, switched off or on
+OFF = {part: {**get_suite("attacks").demo_params.get(part, {}), "enabled": False}
+       for part in ("regional", "loss_comparison")}
+ON = {part: {**obj, "enabled": True} for part, obj in OFF.items()}
 CONFIGS = {
     "base (2a-2d, demo_params)": {},
-    "+ regional (2e)": {"regional": True},
-    "+ loss comparison (2f)": {"loss_comparison": True},
-    "+ transfer (2g)": {"surrogate": SURROGATE},
-    "+ all three": {"regional": True, "loss_comparison": True, "surrogate": SURROGATE},
+    "+ regional (2e)": {"regional": ON["regional"]},
+    "+ loss comparison (2f)": {"loss_comparison": ON["loss_comparison"]},
+    "+ transfer (2g)": {"transfer": SURROGATE},
+    "+ all three": {**ON, "transfer": SURROGATE},
 }
 
 

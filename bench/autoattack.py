@@ -85,7 +85,7 @@ def ours(clf: Classifier, samples, eps: float) -> tuple[float, dict]:
     from worker.engine.suites.base import ArtifactStore, SuiteContext
 
     params = get_suite("attacks").validate_params({"norms": ["linf"], "linf_eps": [eps], "attacks": ["autoattack"],
-                                                   "minimal": "none", "targeted": False})
+                                                   "minimal": "none", "targeted": {"enabled": False}})
     with tempfile.TemporaryDirectory() as tmp:
         ctx = SuiteContext(classifier=clf, artifacts=ArtifactStore(Path(tmp)), seed=0)
         run_suite("clean", get_suite("clean").validate_params({}), ctx, samples)
