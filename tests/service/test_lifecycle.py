@@ -184,3 +184,25 @@ def test_recorder_trusts_saved_files_not_messages(store, config, audit_id, tmp_p
         lifecycle.cancel(s, audit_id)
     rec._checked = 0.0
     assert rec.should_stop()
+
+
+def test_worker_whose_other_shards_are_held_leaves_the_audit_running(store, config, audit_id, monkeypatch):
+    import worker.tasks as tasks
+
+    other = lifecycle.claim(store, audit_id, worker="a", stale_s=STALE)
+    assert lifecycle.grant_shard(store, other, key="k1", suite="clean", index=1, of=2, stale_s=STALE)
+
+    def child(config, job, out_dir, checkpoint_dir, rec):  # what the sandboxed engine asks, in order
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        assert rec.on_claim({"suite": "clean", "shard": 0, "of": 2, "key": "k0"})
+        (checkpoint_dir / "k0.json").write_text("{}")
+        assert not rec.on_claim({"suite": "clean", "shard": 1, "of": 2, "key": "k1"})  # a live member has it
+        return None  # {"incomplete": True, "ran": ["k0"], "missing": ["k1"]}
+
+    monkeypatch.setattr(tasks, "run_sandboxed_audit", child)
+    assert tasks.execute_audit(config, audit_id) is None
+    with store.session() as s:
+        audit = s.get(Audit, audit_id)
+        assert (audit.status, audit.attempts, audit.finalizer) == ("running", 1, None)
+        assert {r.key: r.done for r in s.query(ShardClaim).filter_by(audit_id=audit_id)} == {"k0": True, "k1": False}
+    assert (config.storage_dir / "checkpoints" / audit_id / "k0.json").exists()  # kept for the finalizer
