@@ -201,3 +201,21 @@ def test_snow_equals_imagecorruptions_given_the_same_draws(size, monkeypatch):
             err = (ours.double() - want).abs()
             # The layer is rounded to 8 bits on both sides: a float difference may flip one level.
             assert err.max() <= 1 / 255 + 1e-5 and err.mean() < 2e-4, (severity, seed, float(err.max()))
+
+
+def test_poisson_counts_do_not_depend_on_cpu_blocks_or_threads(monkeypatch):
+    from worker.engine.suites.perturbation.corruptions import poisson
+
+    g = torch.Generator().manual_seed(5)
+    rates = torch.rand(3, 5000, generator=g) * 60
+    u = torch.rand(2, 3, 5000, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(poisson, "CPU_BLOCK", 1 << 30)
+    one_pass = poisson_from_uniforms(rates, u[0], u[1])
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(poisson, "CPU_BLOCK", 777)
+    try:
+        torch.set_num_threads(2)
+        blocks = poisson_from_uniforms(rates, u[0], u[1])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_pass, blocks)

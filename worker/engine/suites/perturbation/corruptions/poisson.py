@@ -13,6 +13,7 @@ whatever the batch or the device.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -23,6 +24,8 @@ GRID = 8
 #: guide entries per tabulated rate: few values need a step forward after the guide (for a rate
 #: of 12, one in 44; with 128 entries, one in 12).
 GUIDE_SIZE = 512
+#: values per block on a CPU: at or below torch's grain size, so each operation runs on one thread.
+CPU_BLOCK = 1 << 15
 #: the search for the remainder's count stops here (P(Poisson(1) >= 30) is about 1e-33).
 FRACTION_MAX_COUNT = 30
 
@@ -70,10 +73,35 @@ def poisson_from_uniforms(rates: torch.Tensor, u_whole: torch.Tensor, u_frac: to
     if not (lo >= 0 and hi <= TABLE_MAX_RATE):
         raise ValueError(f"Poisson rates must lie in [0, {TABLE_MAX_RATE}], got [{lo}, {hi}]")
     top = (1 << int(hi).bit_length()) - 1
-    # GRID is a power of two: lam * GRID, its floor and row / GRID are exact, so 0 <= b < 1 / GRID.
-    row = lam.mul(GRID).floor_()
-    counts = _invert_table(row, u_whole.to(lam.device, torch.float64).reshape(-1), top)
-    _add_fraction_counts(counts, lam - row.div_(GRID), u_frac.to(lam.device, torch.float64).reshape(-1))
+    _tables(top)  # built once here, before any worker thread asks for it
+    u_whole = u_whole.to(lam.device, torch.float64).reshape(-1)
+    u_frac = u_frac.to(lam.device, torch.float64).reshape(-1)
+    counts = torch.empty_like(lam)
+
+    def run(part: slice) -> None:
+        # GRID is a power of two: lam * GRID, its floor and row / GRID are exact, so 0 <= b < 1 / GRID.
+        rate = lam[part]
+        row = rate.mul(GRID).floor_()
+        got = _invert_table(row, u_whole[part], top)
+        _add_fraction_counts(got, rate - row.div_(GRID), u_frac[part])
+        counts[part] = got
+
+    # Each count depends on its own value only, so the split cannot change the result. On a CPU,
+    # blocks small enough for torch to run each operation on one thread, spread over the
+    # threads, keep every core busy; one pass of large operations spends its time waiting for
+    # the slowest thread at each of its many small steps.
+    n = lam.numel()
+    workers = torch.get_num_threads()
+    if lam.device.type != "cpu" or n <= CPU_BLOCK:
+        run(slice(None))
+    else:
+        blocks = [slice(i, i + CPU_BLOCK) for i in range(0, n, CPU_BLOCK)]
+        if workers <= 1:
+            for block in blocks:
+                run(block)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(run, blocks))
     return counts.view(rates.shape)
 
 
