@@ -11,7 +11,6 @@ attempt's claim token, so a worker whose attempt was reaped and taken over write
 
 from __future__ import annotations
 
-import inspect
 import logging
 import socket
 import threading
@@ -33,7 +32,7 @@ from service.sandboxing import SandboxRefused, make_sandbox, run_job
 from service.storage import Storage
 from service.store import Audit, AuditStatus, Model, Store
 from worker.engine.errors import AuditInputError
-from worker.sandbox import Sandbox, SandboxJob
+from worker.sandbox import SandboxJob
 
 from .celery_app import CONFIG_ATTR
 
@@ -47,12 +46,6 @@ MAX_KEYS = 100_000
 @cache
 def _store(url: str) -> Store:
     return Store(url)
-
-
-@cache
-def claims_supported() -> bool:
-    """The sandbox speaks the shard-claim protocol (``Sandbox.run(..., on_claim=...)``)."""
-    return "on_claim" in inspect.signature(Sandbox.run).parameters
 
 
 def _safe_key(key: Any) -> str | None:
@@ -194,10 +187,6 @@ class AuditRecorder:
         return lifecycle.grant_finalize(self.store, self.part)
 
 
-class AuditHeld(Exception):
-    """Another worker runs this audit and its heartbeat is fresh (only without shard claims)."""
-
-
 def _load_job(store: Store, config: Config, audit_id: str) -> tuple[EngineJob, dict[str, float]]:
     with store.session() as s:
         audit = s.get(Audit, audit_id)
@@ -231,8 +220,6 @@ def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditSt
     if part is None:
         log.info("audit %s: not claimable (finished, cancelled or gone)", audit_id)
         return None
-    if not part.fresh and not claims_supported():
-        raise AuditHeld(audit_id)
     # no start-up clear of the audit's folder: it is new (a uuid), a retry rewrites the same
     # files, and a slow worker's clear could delete what another participant is writing
     checkpoints = storage.checkpoint_dir(audit_id)
@@ -277,9 +264,8 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     gpu = config.device != "cpu" and any(Path("/dev").glob("nvidia[0-9]*"))
-    claims = claims_supported()
     payload = {"spec": job.spec, "data_roots": [str(r) for r in config.data_roots], "shard_size": config.shard_size,
-               "plugins": list(config.plugins), **({"claims": True} if claims else {})}
+               "plugins": list(config.plugins), "claims": True}
     sjob = SandboxJob("audit", payload, inputs=job.inputs, output_dir=out_dir, checkpoint_dir=checkpoint_dir,
                       data_roots=config.data_roots, gpu=gpu)
 
@@ -291,11 +277,8 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
                 rec.on_progress(progress["suite"][:64], float(fraction))
 
     sandbox = make_sandbox(config, wall_s=config.soft_time_limit_s, gpu=gpu)
-    extra: dict[str, Any] = {"on_claim": rec.on_claim} if claims else {}
-    result = run_job(sandbox, sjob, on_message=on_message, should_stop=rec.should_stop, **extra)
-    if claims and result.get("incomplete") is True:
-        return None
-    if not claims and not rec.on_claim({"finalize": True, "keys": []}):  # a sole worker: the merge is its own
+    result = run_job(sandbox, sjob, on_message=on_message, should_stop=rec.should_stop, on_claim=rec.on_claim)
+    if result.get("incomplete") is True:  # its shards are done; others hold the rest, or the merge
         return None
     if result.get("verdict") not in ("pass", "fail") or not isinstance(result.get("suites"), dict):
         raise SandboxRefused(ErrorCode.SANDBOX_FAILED.value, "the sandboxed engine returned no valid report")
@@ -306,9 +289,4 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
 def run_audit_task(self: Task, audit_id: str) -> None:
     """Celery entry point: the configuration travels on the app, the audit id in the message."""
     config: Config = getattr(self.app, CONFIG_ATTR, None) or Config.from_env()
-    try:
-        execute_audit(config, audit_id, worker=str(self.request.hostname or ""))
-    except AuditHeld:
-        # without shard claims a second worker cannot help: look again once the holder's
-        # heartbeat would be stale; if the holder is alive by then, it finishes the audit itself
-        raise self.retry(countdown=config.heartbeat_timeout_s + 1, max_retries=3) from None
+    execute_audit(config, audit_id, worker=str(self.request.hostname or ""))
