@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.engine.card import ModelCard
+from worker.engine.compare import compare_reports
 from worker.engine.datasets import DataRoots
 from worker.engine.errors import SpecError
 from worker.engine.gates import check_placeholder_gates
@@ -24,7 +25,7 @@ from .sandboxing import input_name
 from .store.models import Audit, AuditStatus, Model, ModelKind, utcnow
 
 #: keys of a request the engine sees (the model comes from the stored model row)
-REQUEST_KEYS = ("dataset", "suites", "gates", "seed", "label", "accept_unreliable")
+REQUEST_KEYS = ("dataset", "suites", "gates", "seed", "label", "accept_unreliable", "baseline")
 
 
 @dataclass(frozen=True)
@@ -213,20 +214,29 @@ def headline_metrics(report: Mapping[str, Any] | None) -> dict[str, float | None
     return out
 
 
-def runs_with_deltas(audits: Sequence[Audit]) -> list[dict[str, Any]]:
-    """A schedule's runs, oldest first, each with its change against the previous succeeded run."""
+def runs_with_deltas(audits: Sequence[Audit], regressions: int = 5) -> list[dict[str, Any]]:
+    """A schedule's runs, oldest first, each with its change against the previous succeeded run:
+    headline deltas, and the report comparison (:func:`worker.engine.compare.compare_reports`, the
+    same as ``GET /v1/audits/{id}/compare``): its counts and largest ``regressions``."""
     runs: list[dict[str, Any]] = []
     previous: dict[str, float | None] | None = None
+    previous_audit: Audit | None = None
     for audit in audits:
         metrics = headline_metrics(audit.report)
         delta: dict[str, float | None] = {}
-        if audit.status == AuditStatus.SUCCEEDED.value and previous is not None:
+        run: dict[str, Any] = {"audit_id": audit.id, "status": audit.status, "verdict": audit.verdict,
+                               "created_at": audit.created_at, "finished_at": audit.finished_at,
+                               "metrics": metrics, "delta": delta, "baseline_id": None}
+        if audit.status == AuditStatus.SUCCEEDED.value and previous is not None and previous_audit is not None:
             for key, value in metrics.items():
                 before = previous.get(key)
                 delta[key] = None if value is None or before is None else value - before
-        runs.append({"audit_id": audit.id, "status": audit.status, "verdict": audit.verdict,
-                     "created_at": audit.created_at, "finished_at": audit.finished_at,
-                     "metrics": metrics, "delta": delta})
+            if audit.report is not None and previous_audit.report is not None:
+                result = compare_reports(previous_audit.report, audit.report)
+                run.update(baseline_id=previous_audit.id, changes=result["counts"],
+                           regressions=[{k: c[k] for k in ("metric", "baseline", "value", "delta")}
+                                        for c in result["changes"] if c["change"] == "regression"][:regressions])
+        runs.append(run)
         if audit.status == AuditStatus.SUCCEEDED.value:
-            previous = metrics
+            previous, previous_audit = metrics, audit
     return runs

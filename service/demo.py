@@ -1,5 +1,8 @@
 """``make demo``: start the embedded service, audit the demo model with every registered suite
-(each at its ``demo_params``) on builtin:digits, show progress, print the verdict, stop the service.
+(each at its ``demo_params``) on builtin:digits, show progress, print the verdict and where
+report.json, report.html and the artifacts are (all in ``--out``), stop the service.
+
+Progress is a bar on a terminal and one line per step otherwise (no carriage returns in a log).
 
 Exit status: 0 when the audit succeeded, 1 when it failed or was cancelled, 2 when the service
 could not be started or reached. The service is stopped on every path, Ctrl-C included.
@@ -17,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from worker.engine.cli import ProgressBar, summary_lines
+from worker.engine.cli import progress_reporter, summary_lines
+from worker.engine.runner import clear_outputs
 from worker.engine.suites import SUITES
 
-from .client import Client, ClientError, wait_for
+from .client import Client, ClientError, save_outputs, wait_for
 
 DEMO = Path(__file__).resolve().parents[1] / "worker" / "engine" / "assets" / "demo"
 
@@ -68,7 +72,8 @@ def demo_body(model_id: str, n_samples: int, surrogate_id: str | None = None) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.demo")
     parser.add_argument("--home", default="var/demo-service", help="embedded store, broker and storage")
-    parser.add_argument("--out", default="var/demo", help="where report.json is written")
+    parser.add_argument("--out", default="var/demo", help="where report.json, report.html and artifacts/ are "
+                        "written (an earlier demo's files there are removed first)")
     parser.add_argument("--n-samples", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
@@ -92,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         surrogate = client.upload_model(DEMO / "digits_cnn_pgd.pt", DEMO / "digits_cnn_pgd.card.json")
         created = client.json("POST", "/v1/audits", demo_body(model["id"], args.n_samples, surrogate["id"]))
         print(f"audit {created['id']}: suites {sorted(SUITES)}", file=sys.stderr)
-        bar = ProgressBar(sys.stderr, enabled=True)
+        bar = progress_reporter(sys.stderr)
         audit = wait_for(client, created["id"], timeout=args.timeout, poll=0.5, bar=bar)
         bar.close()
+        out = Path(args.out)
+        saved: list[tuple[str, Path]] = []
+        if audit["status"] == "succeeded":  # fetched while the service is up; the page links to artifacts/
+            clear_outputs(out)
+            saved = save_outputs(client, audit, out, artifacts=True)
     except (ClientError, OSError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
@@ -106,11 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if audit["status"] != "succeeded":
         print(f"audit {audit['status']}: {json.dumps(audit.get('error'))}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(audit["report"], indent=2))
     print("\n".join(summary_lines(audit["report"])))
-    print(f"report: {out / 'report.json'}")
+    for what, where in saved:
+        print(f"{what}: {where}")
     return 0
 
 
