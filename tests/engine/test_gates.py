@@ -157,3 +157,11 @@ def test_baseline_gates_resolve_their_threshold_and_carry_baseline_and_delta():
     assert fixed["passed"] and "baseline" not in fixed and fixed["threshold"] == 0.5
     (nothing,) = evaluate_gates(gates[:1], metrics)
     assert not nothing["passed"] and nothing["threshold"] is None and "has none" in nothing["reason"]
+
+
+def test_interval_bound_of_an_unreliable_metric_is_unreliable_too():
+    metrics = {"attacks": {"robust_accuracy": {"linf": {"eps_0p1": proportion(0.9, 100, "r")}}}}
+    shaky = {"attacks": {"flags": ["nan_gradients"], "metrics": ["robust_accuracy.linf.eps_0p1"]}}
+    (row,) = evaluate_gates([Gate.parse("attacks.robust_accuracy.linf.eps_0p1.ci95_low >= 0.5")], metrics,
+                            unreliable=shaky)
+    assert row["status"] == "unreliable" and not row["passed"] and row["value"] > 0.5

@@ -272,8 +272,9 @@ def evaluate_gates(gates: list[Gate], suite_metrics: Mapping[str, Mapping[str, A
         if leaf is not None:
             _note_few_samples(row, leaf)
         shaky = (unreliable or {}).get(gate.suite)
-        if shaky and any(path_matches(p, gate.path) or path_matches(p, gate.path.rpartition(".")[0])
-                         for p in shaky["metrics"]):
+        head, _, bound = gate.path.rpartition(".")
+        leaf_path = head if bound in INTERVAL_BOUNDS and leaf is not None and "ci95" in leaf else gate.path
+        if shaky and any(path_matches(p, leaf_path) for p in shaky["metrics"]):  # an interval bound: its leaf
             flags = list(shaky["flags"])
             row.update(status="unreliable", flags=flags, accepted=accept_unreliable,
                        passed=bool(met and accept_unreliable))
