@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from worker.engine.errors import SpecError
 from worker.engine.gates import (
@@ -165,3 +166,19 @@ def test_interval_bound_of_an_unreliable_metric_is_unreliable_too():
     (row,) = evaluate_gates([Gate.parse("attacks.robust_accuracy.linf.eps_0p1.ci95_low >= 0.5")], metrics,
                             unreliable=shaky)
     assert row["status"] == "unreliable" and not row["passed"] and row["value"] > 0.5
+
+
+def test_in_memory_audit_takes_a_baseline_report():
+    from tests.tiny import TinyNet, random_samples
+    from worker.engine.api import audit
+
+    samples = random_samples(16)
+    images, labels = torch.stack(samples.images), samples.labels
+    first = audit(TinyNet(1, 10, seed=2), images, labels, gates=["clean.top1 >= 0"])
+    gates = ["clean.top1 >= baseline", "clean.top1 > baseline"]
+    with pytest.raises(SpecError, match="baseline"):
+        audit(TinyNet(1, 10, seed=2), images, labels, gates=gates)
+    again = audit(TinyNet(1, 10, seed=2), images, labels, gates=gates, baseline=first)
+    equal, better = again["gates"]
+    assert equal["passed"] and equal["delta"] == 0 and not better["passed"]
+    assert equal["baseline"] == first["suites"]["clean"]["metrics"]["top1"]["value"]

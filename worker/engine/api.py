@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +27,8 @@ from torch import nn
 from .card import ModelCard, ModelFormat
 from .classifier import Classifier
 from .datasets import DatasetRef
-from .errors import DatasetError, ModelCardError
+from .errors import DatasetError, ModelCardError, SpecError
+from .gates import Baseline, baseline_gates
 from .models.loading import probe
 from .runner import clear_outputs, prepare_inputs, resolve_device, run_audit
 from .samples import SampleSet
@@ -140,7 +141,8 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
           class_names: Sequence[str] | None = None, mean: Sequence[float] | None = None,
           std: Sequence[float] | None = None, out: str | Path | None = None, seed: int = 0,
           device: str = "cpu", accept_unreliable: bool = False, hierarchy: dict[str, str] | None = None,
-          name: str | None = None, on_progress: ProgressFn | None = None, html: bool = True) -> dict[str, Any]:
+          name: str | None = None, on_progress: ProgressFn | None = None, html: bool = True,
+          baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Audit ``model`` on ``images`` and return the report (the CLI's, same schema).
 
     Args:
@@ -162,6 +164,8 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
         name: the model's display name in the report (default: its class name).
         on_progress: called with (suite, fraction done).
         html: with ``out``, also write ``out/report.html`` (the page a person reads).
+        baseline: an earlier report (returned by ``audit`` or read from a report.json) that gates
+            written against a baseline compare with (``"clean.top1 >= baseline - 0.05"``).
 
     Raises:
         AuditInputError: bad suites, gates, images, labels or a model whose output does not fit.
@@ -188,6 +192,12 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
                                 "suites": suites if suites is not None else {}, "gates": gates or [],
                                 "seed": seed, "device": device, "accept_unreliable": accept_unreliable})
     spec = dataclasses.replace(spec, dataset=cast(DatasetRef, InMemoryData(n)))
+    if baseline is not None:
+        spec.baseline = Baseline.from_report(baseline, baseline_gates(spec.gates), source="the baseline report given",
+                                             audit_id=(baseline.get("audit") or {}).get("id"))
+    elif baseline_gates(spec.gates):
+        raise SpecError(f"gate '{baseline_gates(spec.gates)[0]}' is written against a baseline: pass "
+                        "baseline=REPORT (an earlier report)")
     with _restored(model):
         classifier = Classifier(model, card, sha256=weights_digest(model), device=target)
         probe(classifier)
