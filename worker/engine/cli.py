@@ -91,7 +91,8 @@ class ProgressLog:
         self.decile[suite] = step
         took = now - self.started[suite]
         if step == 10:
-            self._line(f"{suite}: finished in {took:.1f} s")
+            # a poll that sees a suite start and finish at once has no duration to tell
+            self._line(f"{suite}: finished in {took:.1f} s" if took >= 0.05 else f"{suite}: finished")
         else:
             self._line(f"{suite}: {step * 10}% ({took:.1f} s)")
 
