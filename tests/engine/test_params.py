@@ -49,3 +49,27 @@ def test_describe_is_json_ready():
     assert [p["name"] for p in d] == ["steps", "eps", "loss", "batch", "flag", "sub"]
     assert d[2]["choices"] == ["ce", "margin"]
     assert d[5]["fields"][0]["name"] == "k"
+
+
+def test_choice_with_an_enum_returns_members_and_describes_values():
+    from enum import StrEnum
+
+    from worker.engine.params import as_choice
+
+    class Mode(StrEnum):
+        FAST = "fast"
+        SLOW = "slow"
+
+    schema = ParamSchema((Param("mode", ParamKind.CHOICE, "fast", "speed", enum=Mode),
+                          Param("modes", ParamKind.CHOICE_LIST, ["slow"], "speeds", enum=Mode)))
+    out = schema.validate({"modes": ["fast", "slow"]})
+    assert out["mode"] is Mode.FAST and out["modes"] == [Mode.FAST, Mode.SLOW]
+    assert all(isinstance(m, Mode) for m in out["modes"])
+    assert schema.validate(out) == out  # validated values validate again (members are accepted)
+    assert schema.describe()[0]["choices"] == ["fast", "slow"] and schema.describe()[0]["default"] == "fast"
+    with pytest.raises(SpecError, match=r"mode: must be one of \['fast', 'slow'\]"):
+        schema.validate({"mode": "medium"})
+    assert as_choice(Mode, "slow", "x.mode") is Mode.SLOW
+    with pytest.raises(SpecError) as info:
+        as_choice(Mode, "medium", "x.mode")
+    assert info.value.details["errors"] == {"x.mode": "must be one of ['fast', 'slow']"}

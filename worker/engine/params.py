@@ -10,9 +10,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import SpecError
+
+E = TypeVar("E", bound=Enum)
 
 
 class ParamKind(str, Enum):
@@ -44,6 +46,8 @@ class Param:
         min_items, max_items: list length bounds.
         nullable: ``null`` is a legal value (meaning "automatic").
         schema: nested schema for OBJECT.
+        enum: for CHOICE / CHOICE_LIST, the enum whose members the validated value holds (its
+            values are the choices when ``choices`` is not given); the default stays a plain value.
     """
 
     name: str
@@ -57,6 +61,11 @@ class Param:
     max_items: int = 64
     nullable: bool = False
     schema: ParamSchema | None = None
+    enum: type[Enum] | None = None
+
+    def __post_init__(self) -> None:
+        if self.enum is not None and not self.choices:
+            object.__setattr__(self, "choices", tuple(str(m.value) for m in self.enum))
 
     def validate(self, value: Any) -> Any:
         """Return the value coerced to its type, or raise ``ValueError`` saying why not."""
@@ -117,10 +126,18 @@ class Param:
             raise ValueError(f"must be <= {self.maximum}")
         return int(value) if integer else float(value)
 
-    def _choice(self, value: Any) -> str:
+    def _choice(self, value: Any) -> Any:
+        if isinstance(value, Enum):
+            value = value.value
         if value not in self.choices:
             raise ValueError(f"must be one of {list(self.choices)}")
-        return str(value)
+        return self.enum(value) if self.enum is not None else str(value)
+
+    def default_value(self) -> Any:
+        """The default as :meth:`validate` returns values (enum members for an enum choice)."""
+        if self.enum is not None and self.default is not None:
+            return self.validate(self.default)
+        return self.default
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.kind.value, "default": self.default,
@@ -155,7 +172,7 @@ class ParamSchema:
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: (p.schema.defaults() if p.kind is ParamKind.OBJECT and p.schema and p.default is None
-                         and not p.nullable else p.default) for p in self.params}
+                         and not p.nullable else p.default_value()) for p in self.params}
 
     def validate(self, raw: Mapping[str, Any] | None, *, prefix: str = "") -> dict[str, Any]:
         """Validated parameters with defaults filled; all problems reported at once."""
@@ -201,3 +218,13 @@ def moved_message(prefix: str, new: str) -> str:
 
 def errors_keys(errors: Mapping[str, str], prefix: str) -> list[str]:
     return [k[len(prefix):] for k in errors if k.startswith(prefix)]
+
+
+def as_choice(enum: type[E], value: Any, where: str) -> E:
+    """``enum(value)``, or a SpecError at ``where`` listing the choices (the one place for that idiom)."""
+    try:
+        return enum(value)
+    except ValueError:
+        choices = [m.value for m in enum]
+        raise SpecError(f"{where}: must be one of {choices}, got {value!r}",
+                        errors={where: f"must be one of {choices}"}) from None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from ...params import Param, ParamKind, ParamSchema
 from ..keys import metric_key
 
 
-class FriType(str, Enum):
+class FriType(StrEnum):
     """The four kinds of fragile recognition image (docs/suites/fragile.md, steps 4 and 5)."""
 
     LOOSE_SHIFT = "loose_shift"
@@ -17,7 +17,7 @@ class FriType(str, Enum):
     STRICT_SHRINK = "strict_shrink"
 
 
-class Interpolation(str, Enum):
+class Interpolation(StrEnum):
     """How a crop is resized to the model's input size (``F.interpolate`` modes)."""
 
     BILINEAR = "bilinear"
@@ -25,7 +25,7 @@ class Interpolation(str, Enum):
     NEAREST = "nearest"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Arithmetic of the model's forward pass; correctness is always judged on float32 logits."""
 
     AUTO = "auto"  # bfloat16 autocast on CUDA (float16 where bf16 is unsupported), float32 on the CPU
@@ -44,10 +44,10 @@ PARAMS = ParamSchema((
     Param("top_k", ParamKind.INT, None, "a crop is correct when the true label is in the top k "
           "(null: 5 for models with >= 100 classes, else 1)", minimum=1, maximum=1000, nullable=True),
     Param("interpolation", ParamKind.CHOICE, Interpolation.BILINEAR.value,
-          "resize of a crop to the model input (align_corners=False)", choices=tuple(m.value for m in Interpolation)),
+          "resize of a crop to the model input (align_corners=False)", enum=Interpolation),
     Param("antialias", ParamKind.BOOL, False, "antialiased resize (bilinear/bicubic only), as F.interpolate"),
     Param("fri_types", ParamKind.CHOICE_LIST, list(FRI_TYPES),
-          "FRI map types to compute, report and draw", choices=FRI_TYPES, max_items=len(FRI_TYPES)),
+          "FRI map types to compute, report and draw", enum=FriType, max_items=len(FRI_TYPES)),
     Param("example_pairs", ParamKind.INT, 3, "example pairs (correct crop beside its flipped neighbour) "
           "drawn per image and r; 0: none", minimum=0, maximum=32),
     Param("pngs", ParamKind.BOOL, True, "draw PNG maps and example pairs (the NPZ arrays are always written)"),
@@ -56,7 +56,7 @@ PARAMS = ParamSchema((
     Param("batch_size", ParamKind.INT, None, "crops per forward pass (null: the model's automatic batch size)",
           minimum=1, maximum=65536, nullable=True),
     Param("precision", ParamKind.CHOICE, Precision.AUTO.value, "forward-pass arithmetic; auto: bfloat16 "
-          "autocast on CUDA, float32 on the CPU", choices=tuple(p.value for p in Precision)),
+          "autocast on CUDA, float32 on the CPU", enum=Precision),
     Param("channels_last", ParamKind.BOOL, True, "on CUDA, run the model in channels_last memory format "
           "when it accepts it"),
     Param("bootstrap", ParamKind.INT, 1000, "bootstrap resamples over images for the 95% intervals",

@@ -27,7 +27,7 @@ from .artifacts import PairView, draw_maps, draw_pairs, write_npz
 from .crops import CropResizer
 from .maps import fri_maps, sign_counts
 from .pairs import Pair, choose_pairs
-from .params import PARAMS, FriType, Interpolation, Precision, r_key, region_side
+from .params import PARAMS, FriType, Interpolation, r_key, region_side
 from .scan import CropClassifier, ScanResult, Segment, autocast_dtype, channels_last_model
 from .stats import bootstrap_indices, summary
 
@@ -79,7 +79,7 @@ class FragileSuite(Suite):
         if len(set(keys)) != len(keys):
             raise SpecError(f"fragile.region_fractions: {params['region_fractions']} give repeated metric keys "
                             f"{keys}; use fractions that differ at 4 significant digits")
-        if params["antialias"] and params["interpolation"] == Interpolation.NEAREST.value:
+        if params["antialias"] and params["interpolation"] is Interpolation.NEAREST:
             raise SpecError("fragile.antialias: antialiasing applies to bilinear and bicubic interpolation only; "
                             "set antialias to false or choose another interpolation")
         return params
@@ -113,7 +113,7 @@ class FragileSuite(Suite):
         clf = ctx.classifier
         device = clf.device
         _, out_h, out_w = clf.input_size
-        resizer = CropResizer((out_h, out_w), mode=Interpolation(params["interpolation"]),
+        resizer = CropResizer((out_h, out_w), mode=params["interpolation"],
                               antialias=params["antialias"], device=device)
         batch = BatchSize(params["batch_size"]) if params["batch_size"] else None
         k = effective_top_k(params, clf.num_classes)
@@ -122,7 +122,7 @@ class FragileSuite(Suite):
         progress = _Progress(ctx, total_crops(params["region_fractions"], sizes))
         with channels_last_model(clf, params["channels_last"] and device.type == "cuda") as cl_applied:
             scanner = CropClassifier(clf, resizer, top_k=k, channels_last=cl_applied, batch=batch,
-                                     autocast=autocast_dtype(Precision(params["precision"]), device))
+                                     autocast=autocast_dtype(params["precision"], device))
             for r in params["region_fractions"]:
                 partial["by_r"][r_key(r)] = self._run_r(ctx, params, samples, sizes, r, scanner, progress,
                                                         partial["artifacts"])
@@ -176,7 +176,7 @@ class FragileSuite(Suite):
                         **{t.value: m for t, m in fri.items()},
                         "pred_l": pred_l.to(torch.int32), "pred_l2": pred_l2.to(torch.int32)})
         artifacts.append(ctx.artifacts.relative(npz))
-        wanted = [FriType(t) for t in params["fri_types"]]
+        wanted: list[FriType] = params["fri_types"]
         if params["pngs"]:
             title = f"{sid} (label {self._class_name(ctx, label)}), r={r:g}, l={job.side}"
             png = ctx.artifacts.path(self.name, f"{stem}_maps.png")

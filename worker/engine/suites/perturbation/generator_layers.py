@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from ...generators.hooks import perturb, record
 from ...samples import match_channels
 
 
-class Spread(str, Enum):
+class Spread(StrEnum):
     """How the per-unit scale s_l is estimated on the reference batch."""
 
     STD = "std"

@@ -62,7 +62,7 @@ SCHEMA = ParamSchema((
           maximum=1e6),
     Param("max_eps", ParamKind.FLOAT, 32.0, "growing mode: largest budget", minimum=1e-6, maximum=1e6),
     Param("spread", ParamKind.CHOICE, Spread.STD.value, "per-unit scale of the perturbation: standard deviation "
-          "or max - min over the reference batch", choices=tuple(s.value for s in Spread)),
+          "or max - min over the reference batch", enum=Spread),
     Param("reference_batch", ParamKind.INT, 256, "latents in the spread estimate", minimum=2, maximum=4096),
     Param("resize_output", ParamKind.BOOL, False, "resize generator images to the model's input size when "
           "they differ (otherwise that is an error)"),
@@ -140,7 +140,7 @@ def run(inp: Shard) -> dict[str, Any]:
     idx = torch.tensor([order[k] for k in kept], dtype=torch.long)
     settings = AttackSettings(steps=params["steps"], lr=params["lr"], kappa=params["kappa"],
                               eps_growth=params["eps_growth"], max_eps=params["max_eps"])
-    spreads = layer_spreads(gen, layers, batch=params["reference_batch"], kind=Spread(params["spread"]),
+    spreads = layer_spreads(gen, layers, batch=params["reference_batch"], kind=params["spread"],
                             generator=ctx.generator(SPREAD_SALT))
     for layer in layers:
         fixed_hits: dict[str, list[bool]] = {k: [] for k in kept}

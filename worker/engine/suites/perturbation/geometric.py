@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..keys import metric_key
 
 
-class Padding(str, Enum):
+class Padding(StrEnum):
     ZEROS = "zeros"
     BORDER = "border"
     REFLECTION = "reflection"

@@ -22,8 +22,7 @@ SCHEMA = ParamSchema((
           "shifts in pixels (model input size), used for x and y alike", minimum=-64, maximum=64, max_items=16),
     Param("scales", ParamKind.FLOAT_LIST, [0.8, 0.9, 1.1, 1.2], "zoom factors about the centre (1 = unchanged)",
           minimum=0.25, maximum=4.0),
-    Param("padding", ParamKind.CHOICE, Padding.ZEROS.value, "fill outside the image",
-          choices=tuple(p.value for p in Padding)),
+    Param("padding", ParamKind.CHOICE, Padding.ZEROS.value, "fill outside the image", enum=Padding),
 ))
 
 
@@ -43,7 +42,7 @@ def run(inp: Shard) -> dict[str, Any]:
     clf = ctx.classifier
     x = samples.prepared(clf.card)
     labels = samples.labels.to(clf.device)
-    padding = Padding(params["padding"])
+    padding: Padding = params["padding"]
     out: dict[str, dict[str, list[bool]]] = {sid: {"grid": [], "scales": []} for sid in samples.ids}
     step = max(1, clf.batch.size)
     g, s = transforms(params)
