@@ -1,7 +1,10 @@
 # One CUDA-capable image for every role; the role is the command:
 #   api (gunicorn), worker (Celery, queue gpu), beat (schedules + reaper), migrate, serve.
-# The base image brings CUDA torch/torchvision; pyproject's wide ranges keep them.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch/torchvision are the registry's CUDA wheels at the versions constraints.txt pins (the file
+# `make` installs with), and every other package is installed under the same constraints; the wheels
+# bring the CUDA runtime, so the host needs only the NVIDIA driver and container toolkit
+# (docs/deployment.md). tests/service/test_docker_files.py keeps this file and constraints.txt in step.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,11 +17,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap util
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# torch first, in its own layer: a code change does not download ~5 GB again
+COPY constraints.txt ./
+RUN pip install -c constraints.txt torch torchvision
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY worker ./worker
 COPY api_spec ./api_spec
-RUN pip install '.[service,timm,hf,onnx]' \
+RUN pip install -c constraints.txt '.[service,timm,hf,onnx]' \
  && useradd --create-home --uid 10001 robustaudit \
  && mkdir -p /data/storage \
  && chown -R robustaudit /data
