@@ -222,10 +222,10 @@ def headline_values(name: str, metrics: dict[str, Any], limit: int = 12) -> list
 
 
 def metric_label(path: str, leaf: dict[str, Any] | None = None) -> str:
-    """A metric's path for people: the budget key as the eps people read (``linf eps=8/255``)."""
+    """A metric's path for people: the budget key as the eps people read (``linf(eps 8/255)``)."""
     head, _, last = path.rpartition(".")
     if leaf is not None and isinstance(leaf.get("eps"), (int, float)) and last.startswith("eps"):
-        return f"{head} eps={fmt_eps(float(leaf['eps']))}" if head else f"eps={fmt_eps(float(leaf['eps']))}"
+        return f"{head}(eps {fmt_eps(float(leaf['eps']))})" if head else f"eps {fmt_eps(float(leaf['eps']))}"
     return path
 
 
