@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,8 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(p.pid, signal.SIGKILL)
 
 
-def run_once(cfg: Config, store: Store, request: dict[str, Any]) -> tuple[float, dict[str, Any], int]:
-    """(seconds from submit to succeeded, metrics per suite, shards that each worker ran)."""
+def run_once(cfg: Config, store: Store, request: dict[str, Any]) -> tuple[float, dict[str, Any], list[int]]:
+    """(seconds from submit to succeeded, metrics per suite, how many shards each worker ran)."""
     app = create_app(cfg, dispatcher=CeleryDispatcher(create_celery(cfg)), store=store)
     client = app.test_client()
     with open(DEMO / "digits_cnn.pt", "rb") as ckpt, open(DEMO / "digits_cnn.card.json", "rb") as card:
@@ -97,9 +98,9 @@ def run_once(cfg: Config, store: Store, request: dict[str, Any]) -> tuple[float,
     from service.store.models import ShardClaim
 
     with store.session() as s:
-        holders = {h for (h,) in s.query(ShardClaim.holder).filter_by(audit_id=audit_id)}
+        holders = Counter(h for (h,) in s.query(ShardClaim.holder).filter_by(audit_id=audit_id))
     assert audit.report is not None
-    return seconds, {n: x["metrics"] for n, x in audit.report["suites"].items()}, len(holders)
+    return seconds, {n: x["metrics"] for n, x in audit.report["suites"].items()}, sorted(holders.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg", default=os.environ.get("ROBUSTAUDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--redis", default=os.environ.get("ROBUSTAUDIT_TEST_REDIS", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--logs", type=Path, default=None, help="keep the workers' logs in this folder")
     args = ap.parse_args(argv)
     import psycopg
     import redis
@@ -140,16 +142,17 @@ def main(argv: list[str] | None = None) -> int:
                              data_roots=(home / "storage" / "data",),
                              device=args.device, fanout=n, shard_size=args.shard_size, sandbox=args.sandbox,
                              heartbeat_s=2.0)
-                (home / "logs").mkdir(parents=True)
-                procs = start_workers(cfg, n, home / "logs", args.gpus)
+                logs = args.logs or home / "logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                procs = start_workers(cfg, n, logs, args.gpus)
                 try:
                     seconds, metrics, used = run_once(cfg, store, request)
                 finally:
                     stop_workers(procs)
                 identical = identical and (reference is None or metrics == reference)
                 reference = reference or metrics
-                runs[str(n)] = {"seconds": round(seconds, 2), "workers_that_ran_shards": used}
-                print(f"{n} worker(s): {seconds:.2f} s ({used} ran shards)", flush=True)
+                runs[str(n)] = {"seconds": round(seconds, 2), "shards_per_worker": used}
+                print(f"{n} worker(s): {seconds:.2f} s (shards per worker: {used})", flush=True)
     finally:
         store.dispose()
         with psycopg.connect(args.pg, autocommit=True) as conn:
