@@ -2,7 +2,9 @@
 
 Audit work goes to the ``gpu`` queue. Messages are acknowledged late and rejected when the
 worker process is lost, so a killed worker's audit is delivered again (on Redis, after the
-visibility timeout); the task itself refuses to run an audit another live worker holds.
+visibility timeout). The store, not the broker, decides who runs what: a delivery of an
+audit another live worker holds joins it and runs only shards nobody holds
+(:mod:`service.lifecycle`), and the beat sends again what the broker lost.
 """
 
 from __future__ import annotations
