@@ -132,3 +132,17 @@ def test_the_surrogate_is_loaded_once_per_file_card_and_device(tmp_path, monkeyp
     second = transfer.load_surrogate(spec, target)
     assert second is not first and len(loads) == 2
     assert not torch.equal(first.logits(torch.zeros(1, 1, 32, 32)), second.logits(torch.zeros(1, 1, 32, 32)))
+
+
+def test_costs_are_typed_in_code_and_json_in_the_partial():
+    import json
+
+    from worker.engine.suites.attacks.robustness import Cost, merge_costs
+
+    a = {"linf": {"pgd": Cost(10, 5, 0.5, 1).to_json()}}
+    b = {"linf": {"pgd": Cost(2, 1, 0.25, 1).to_json(), "fgsm": Cost(1, 1, 0.1, 1).to_json()},
+         "l2": {"cw": Cost(3, 3, 1.0, 2).to_json()}}
+    merged = merge_costs(json.loads(json.dumps(a)), b)  # a checkpointed partial merges with a fresh one
+    assert Cost.from_json(merged["linf"]["pgd"]) == Cost(12, 6, 0.75, 2)
+    assert set(merged) == {"linf", "l2"} and set(merged["linf"]) == {"pgd", "fgsm"}
+    assert json.loads(json.dumps(merged)) == merged

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -25,34 +26,54 @@ def build(name: str, norm: str, params: dict[str, Any], **overrides: Any) -> Att
     return make_attack(name, norm=norm, **{**params["attack_params"][name], **overrides})
 
 
-def _cost() -> dict[str, Any]:
-    return {"forward_samples": 0, "backward_samples": 0, "seconds": 0.0, "calls": 0}
+@dataclass
+class Cost:
+    """What one attack cost on one norm: samples through the model, calls, seconds. The partial
+    holds it as JSON (:meth:`to_json`), so checkpoints store it as they store any partial."""
+
+    forward_samples: int = 0
+    backward_samples: int = 0
+    seconds: float = 0.0
+    calls: int = 0
+
+    def add(self, res: AttackResult, eot: EoT | None, judged: int) -> None:
+        """Samples through the model: with EoT every pass the attack counts is k draws, and the
+        majority judgement adds m passes per candidate it checks."""
+        draws = eot.grad_samples if eot is not None else 1
+        self.forward_samples += res.forward_samples * draws + judged * (eot.passes if eot is not None else 0)
+        self.backward_samples += res.backward_samples * draws
+        self.calls += 1
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.forward_samples + other.forward_samples, self.backward_samples + other.backward_samples,
+                    self.seconds + other.seconds, self.calls + other.calls)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cost:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-def _add_cost(total: dict[str, Any], res: AttackResult, eot: EoT | None, judged: int) -> None:
-    """Samples through the model: with EoT every pass the attack counts is k draws, and the
-    majority judgement adds m passes per candidate it checks."""
-    draws = eot.grad_samples if eot is not None else 1
-    total["forward_samples"] += res.forward_samples * draws + judged * (eot.passes if eot is not None else 0)
-    total["backward_samples"] += res.backward_samples * draws
-    total["calls"] += 1
+#: norm -> attack (or "minimal:<method>") -> its cost, as the partial holds it
+CostTable = dict[str, dict[str, dict[str, Any]]]
 
 
-def merge_costs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def merge_costs(a: CostTable, b: CostTable) -> CostTable:
     """Costs of two shards: sums per norm and attack (exact for the counts)."""
-    out = {n: {k: dict(v) for k, v in per.items()} for n, per in a.items()}
+    out = {n: dict(per) for n, per in a.items()}
     for norm, per in b.items():
         mine = out.setdefault(norm, {})
         for name, c in per.items():
-            t = mine.setdefault(name, _cost())
-            for key in t:
-                t[key] += c[key]
+            mine[name] = (Cost.from_json(mine[name]) + Cost.from_json(c) if name in mine
+                          else Cost.from_json(c)).to_json()
     return out
 
 
 def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
                    params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None
-                   ) -> tuple[dict[str, Record], dict[str, Any]]:
+                   ) -> tuple[dict[str, Record], CostTable]:
     """Per sample and norm: success per attack and budget, worst-case adversarial class per budget,
     and the minimal perturbation; and the cost per norm and attack. Samples not attacked (clean
     mistakes) get ``None`` entries.
@@ -70,7 +91,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     sids = [ids[int(i)] for i in idx]
     norms = params["norms"]
     model = eot if eot is not None else clf
-    cost: dict[str, Any] = {n: {} for n in norms}
+    cost: dict[str, dict[str, Cost]] = {n: {} for n in norms}
     # (norm, attack, whether it is one of the robust-accuracy set or the minimal-norm method)
     jobs = [(n, a, True) for n in norms for a in attacks_for(params, n)]
     if params["minimal"] != "none":
@@ -94,7 +115,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                 groups.append((order[:k], (held == k).nonzero().squeeze(1)))
         else:
             groups.append((list(range(len(eps))), torch.arange(len(sids))))
-        spent = cost[norm].setdefault(name if in_set else f"minimal:{name}", _cost())
+        spent = cost[norm].setdefault(name if in_set else f"minimal:{name}", Cost())
         t0 = time.perf_counter()
         for cols, members in groups:
             gx, gy = xs[members.to(xs.device)], ys[members.to(ys.device)]
@@ -103,7 +124,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
 
             def chunk(start: int, stop: int, attack: Attack = attack, geps: list[float] = geps, name: str = name,
                       norm: str = norm, gx: torch.Tensor = gx, gy: torch.Tensor = gy, gids: list[str] = gids,
-                      spent: dict[str, Any] = spent) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
+                      spent: Cost = spent) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
                 res = attack(model, gx[start:stop], gy[start:stop], geps,
                              rng=seeds_for(seed, gids[start:stop], f"{norm}:{name}"))
                 success, preds = res.success, res.predictions
@@ -122,7 +143,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                         carry = success[small] & ~success[large]
                         success[large] |= carry
                         preds[large] = torch.where(carry, preds[small], preds[large])
-                _add_cost(spent, res, eot, judged)
+                spent.add(res, eot, judged)
                 return res, success, preds
 
             pos = 0
@@ -144,7 +165,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                         rec["minimal"] = v if math.isfinite(v) else None
                         rec["minimal_found"] = math.isfinite(v)
                 pos += success.shape[1]
-        spent["seconds"] += time.perf_counter() - t0
+        spent.seconds += time.perf_counter() - t0
         progress((j + 1) / total)
     for sid in sids:
         for norm in norms:
@@ -163,7 +184,7 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     for i in (~attacked).nonzero().squeeze(1).tolist():
         for norm in norms:
             out[ids[i]][norm] = {"success": None, "adv_class": None, "minimal": 0.0, "minimal_found": True}
-    return out, cost
+    return out, {n: {name: c.to_json() for name, c in per.items()} for n, per in cost.items()}
 
 
 def robust_flags(rec: Record, norm: str, n_eps: int, names: list[str]) -> list[bool]:

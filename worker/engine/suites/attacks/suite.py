@@ -25,7 +25,7 @@ from .misclassification import misclassification_metrics
 from .params import CORE, MOVED, attacks_for, budgets, check, eps_key, with_set_defaults
 from .plots import robust_accuracy_plot
 from .regional import RegionalPart
-from .robustness import merge_costs, robustness_metrics, run_untargeted
+from .robustness import Cost, CostTable, merge_costs, robustness_metrics, run_untargeted
 from .sanity import eot_summary, probe, sanity_warnings, unreliable_metrics
 from .suitability import suitability_metrics
 from .targeted import TargetedPart
@@ -179,7 +179,7 @@ def _eot_for(cfg: dict[str, Any], randomised: int, clf: Classifier) -> EoT | Non
     return EoT(clf, grad_samples=cfg["grad_samples"], passes=cfg["passes"]) if on else None
 
 
-def _rounded(cost: dict[str, Any]) -> dict[str, Any]:
-    return {norm: {name: {**c, "seconds": round(c["seconds"], 3)} for name, c in per.items()}
+def _rounded(cost: CostTable) -> CostTable:
+    return {norm: {name: {**c, "seconds": round(Cost.from_json(c).seconds, 3)} for name, c in per.items()}
             for norm, per in cost.items()}
 
