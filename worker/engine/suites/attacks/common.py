@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -76,6 +76,51 @@ Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Sanity:
+    """A sample's sanity facts on the clean image (sanity.py turns them into warnings)."""
+
+    prob_like: bool
+    zero_grad: bool
+    nan_grad: bool
+    randomised: bool
+
+    def to_json(self) -> dict[str, bool]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sanity:
+        return cls(bool(data["prob_like"]), bool(data["zero_grad"]), bool(data["nan_grad"]), bool(data["randomised"]))
+
+
+@dataclass
+class Sample:
+    """One sample's facts in the attacks suite: the clean outcome, the sanity facts, whether EoT
+    ran, the untargeted outcome per norm (robustness.py writes it), and each part's own record
+    by part name. The partial holds :meth:`to_json` (parts apart, under ``partial["parts"]``)."""
+
+    id: str
+    label: int
+    correct: bool
+    margin: float
+    topk: list[int]
+    sanity: Sanity
+    eot: bool = False
+    attacks: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> Record:
+        return {"id": self.id, "label": self.label, "correct": self.correct, "margin": self.margin,
+                "topk": list(self.topk), "sanity": self.sanity.to_json(), "eot": self.eot, "attacks": self.attacks}
+
+    @classmethod
+    def from_json(cls, data: Record, parts: dict[str, Any] | None = None) -> Sample:
+        return cls(id=data["id"], label=int(data["label"]), correct=bool(data["correct"]),
+                   margin=float(data["margin"]), topk=[int(t) for t in data["topk"]],
+                   sanity=Sanity.from_json(data["sanity"]), eot=bool(data["eot"]), attacks=data["attacks"],
+                   parts=dict(parts or {}))
+
+
+@dataclass(frozen=True)
 class Shard:
     """What every part of the attacks suite gets to attack one shard.
 
@@ -113,6 +158,6 @@ class Final:
     ctx: SuiteContext
     suite: str
     params: dict[str, Any]
-    records: list[Record]
+    records: list[Sample]
     class_names: list[str]
     hierarchy: dict[str, str]

@@ -17,7 +17,7 @@ from ...attacks import IterativeLoss, Norm, Objective
 from ...metrics import Unit, metric
 from ...params import Param, ParamKind, ParamSchema
 from ..parts import Part, PartResult
-from .common import Final, Record, Shard, median
+from .common import Final, Record, Sample, Shard, median
 from .iterative_runs import outcome_metrics, run_iterative
 from .plots import loss_curve_plot
 
@@ -64,12 +64,12 @@ def quantile(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
-def curves(records: list[Record], own: Mapping[str, Any]) -> dict[str, Any]:
+def curves(records: list[Sample], own: Mapping[str, Any]) -> dict[str, Any]:
     """Per loss: first successes per iteration (0..cap) and the cumulative success rate."""
     cap = own["steps"]
     out: dict[str, Any] = {"iterations": list(range(cap + 1)), "losses": {}}
     for name in own["objectives"]:
-        runs = [r["loss_comparison"][name] for r in records if r.get("loss_comparison")]
+        runs = [r.parts["loss_comparison"][name] for r in records if r.parts.get("loss_comparison")]
         counts = [0] * (cap + 1)
         for r in runs:
             if r["success"]:
@@ -82,12 +82,12 @@ def curves(records: list[Record], own: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def loss_metrics(records: list[Record], own: Mapping[str, Any]) -> dict[str, Any]:
+def loss_metrics(records: list[Sample], own: Mapping[str, Any]) -> dict[str, Any]:
     """loss_comparison.{loss}.{success_rate, l0, l2, linf, iterations.{median, p25, p75}}"""
     cond = f"step {own['step']:g}, cap {own['steps']}"
     out: dict[str, Any] = {}
     for name in own["objectives"]:
-        runs = [r["loss_comparison"][name] for r in records if r.get("loss_comparison")]
+        runs = [r.parts["loss_comparison"][name] for r in records if r.parts.get("loss_comparison")]
         its = [float(r["iterations"]) for r in runs if r["success"]]
         leaf = outcome_metrics(runs, f"{name}, {cond}")
         what = f"iterations to first success of {name} over its successes ({cond})"

@@ -20,7 +20,7 @@ from ...metrics import Unit, metric
 from ...params import Param, ParamKind, ParamSchema
 from ...samples import SampleSet
 from ..parts import Part, PartResult
-from .common import Final, Record, Shard
+from .common import Final, Record, Sample, Shard
 from .iterative_runs import outcome_metrics, run_iterative, thumbnail
 from .params import fraction_key
 from .plots import mask_plot
@@ -100,14 +100,14 @@ def run_regional(inp: Shard, masks: dict[tuple[str, str], torch.Tensor]) -> dict
     return out
 
 
-def regional_metrics(records: list[Record], own: Mapping[str, Any], masks: dict[tuple[str, str], torch.Tensor]
+def regional_metrics(records: list[Sample], own: Mapping[str, Any], masks: dict[tuple[str, str], torch.Tensor]
                      ) -> dict[str, Any]:
     """regional.{mode}.{full | shape.fraction}.{success_rate, l0, l2, linf[, fraction]}"""
     cond = f"{own['objective']}, step {own['step']:g}, cap {own['steps']}"
     out: dict[str, Any] = {}
     modes = ["untargeted", "targeted"] if own["targeted"] else ["untargeted"]
     for mode in modes:
-        runs = [r["regional"][mode] if r.get("regional") else None for r in records]
+        runs = [r.parts["regional"][mode] if r.parts.get("regional") else None for r in records]
         part: dict[str, Any] = {FULL: outcome_metrics([r[FULL] if r else None for r in runs],
                                                       f"{mode}, whole image, {cond}")}
         for (shape, key), m in masks.items():
@@ -154,8 +154,8 @@ class RegionalPart(Part[Shard, Final]):
     def finalize(self, inputs: Final, partial: Any) -> PartResult:
         own, records, store = self.own(inputs.params), inputs.records, inputs.ctx.artifacts
         masks = masks_for(own, inputs.ctx.classifier, inputs.ctx.generator)
-        examples = sorted((r["id"], r["regional"]["example"]) for r in records
-                          if r.get("regional") and "example" in r["regional"])
+        examples = sorted((r.id, r.parts["regional"]["example"]) for r in records
+                          if r.parts.get("regional") and "example" in r.parts["regional"])
         example = examples[0][1] if examples else None
         files = []
         for (shape, key), m in masks.items():

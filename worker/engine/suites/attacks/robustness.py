@@ -15,7 +15,7 @@ from ...attacks import Attack, AttackResult, make_attack
 from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric, proportion
-from .common import Record, in_batches, median, seeds_for, share
+from .common import Record, Sample, in_batches, median, seeds_for, share
 from .params import attacks_for, budgets, eps_key
 
 UNIT = {"linf": Unit.LINF, "l2": Unit.L2}
@@ -187,15 +187,15 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     return out, {n: {name: c.to_json() for name, c in per.items()} for n, per in cost.items()}
 
 
-def robust_flags(rec: Record, norm: str, n_eps: int, names: list[str]) -> list[bool]:
+def robust_flags(rec: Sample, norm: str, n_eps: int, names: list[str]) -> list[bool]:
     """Per budget: robust against every attack (worst case); clean mistakes are never robust."""
-    r = rec["attacks"][norm]
+    r = rec.attacks[norm]
     if r["success"] is None:
         return [False] * n_eps
     return [not any(r["success"][a][b] for a in names) for b in range(n_eps)]
 
 
-def robustness_metrics(records: list[Record], params: dict[str, Any], class_names: list[str]
+def robustness_metrics(records: list[Sample], params: dict[str, Any], class_names: list[str]
                        ) -> dict[str, Any]:
     """robust_accuracy.{norm}.{eps}, per_attack.{norm}.{attack}.{eps}, minimal_perturbation.{norm}.*"""
     n = len(records)
@@ -219,8 +219,8 @@ def robustness_metrics(records: list[Record], params: dict[str, Any], class_name
                     else f"robust accuracy against {a} alone")
             per_attack[norm][a] = {}
             for b, e in enumerate(eps):
-                hits = [r["attacks"][norm]["success"] is not None
-                        and not any(r["attacks"][norm]["success"][u][b] for u in upto) for r in records]
+                hits = [r.attacks[norm]["success"] is not None
+                        and not any(r.attacks[norm]["success"][u][b] for u in upto) for r in records]
                 per_attack[norm][a][eps_key(e)] = proportion(share(hits), n, f"{what}, {norm} eps={e:g}",
                                                          eps=e, attack=a, cumulative=bool(params["cascade"]))
         if params["minimal"] != "none":
@@ -231,24 +231,24 @@ def robustness_metrics(records: list[Record], params: dict[str, Any], class_name
     return out
 
 
-def minimal_norms(records: list[Record], norm: str) -> list[float]:
+def minimal_norms(records: list[Sample], norm: str) -> list[float]:
     """Per attacked sample: the verified minimal norm, inf where none was found."""
     vals = []
     for r in records:
-        rec = r["attacks"][norm]
+        rec = r.attacks[norm]
         if rec["success"] is None:
             continue
         vals.append(rec["minimal"] if rec["minimal"] is not None else math.inf)
     return vals
 
 
-def minimal_metrics(records: list[Record], norm: str, method: str, class_names: list[str]) -> dict[str, Any]:
-    attacked = [r for r in records if r["attacks"][norm]["success"] is not None]
+def minimal_metrics(records: list[Sample], norm: str, method: str, class_names: list[str]) -> dict[str, Any]:
+    attacked = [r for r in records if r.attacks[norm]["success"] is not None]
     vals = minimal_norms(records, norm)
     unit = UNIT[norm]
     per_class: dict[str, Any] = {}
     for c, name in enumerate(class_names):
-        sub = [r for r in attacked if r["label"] == c]
+        sub = [r for r in attacked if r.label == c]
         if sub:
             per_class[name] = metric(median(minimal_norms(sub, norm)), unit, len(sub),
                                      f"median minimal {norm} perturbation of class {name!r} ({method}; "

@@ -16,12 +16,12 @@ from ...attacks import ATTACKS
 from ...classifier import Classifier
 from ...metrics import path_matches
 from ..base import Warning_
-from .common import Record
+from .common import Sample, Sanity
 from .params import attacks_for, budgets, eps_key, gradient_free
 
 
 @torch.enable_grad()
-def probe(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[Record]]:
+def probe(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[Sanity]]:
     """Clean logits of one batch and the per-sample sanity facts."""
     with torch.no_grad():
         a = clf(x).float()
@@ -35,17 +35,18 @@ def probe(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
     flat = grad.flatten(1)
     nan = ~torch.isfinite(flat).all(dim=1)
     zero = ~nan & (flat.abs().amax(dim=1) == 0)
-    facts = [{"prob_like": bool(p), "zero_grad": bool(z), "nan_grad": bool(n), "randomised": bool(r)}
+    facts = [Sanity(bool(p), bool(z), bool(n), bool(r))
              for p, z, n, r in zip(prob_like.tolist(), zero.tolist(), nan.tolist(), randomised.tolist())]
     return a, facts
 
 
-def sanity_warnings(records: list[Record], params: dict[str, Any], num_classes: int) -> list[dict[str, Any]]:
+def sanity_warnings(records: list[Sample], params: dict[str, Any], num_classes: int) -> list[dict[str, Any]]:
     n = len(records)
     if not n:
         return []
     out: list[dict[str, Any]] = []
-    count = {k: sum(r["sanity"][k] for r in records) for k in ("prob_like", "zero_grad", "nan_grad", "randomised")}
+    count = {k: sum(getattr(r.sanity, k) for r in records)
+             for k in ("prob_like", "zero_grad", "nan_grad", "randomised")}
     if count["prob_like"] > n / 2:
         out.append(Warning_("probabilities_not_logits",
                             f"{count['prob_like']} of {n} outputs are non-negative and sum to 1: the model seems "
@@ -63,7 +64,7 @@ def sanity_warnings(records: list[Record], params: dict[str, Any], num_classes: 
                             f"{count['nan_grad']} of {n} samples; attack results on them are unreliable",
                             {"samples": count["nan_grad"], "n": n}).to_dict())
     if count["randomised"]:
-        eot = sum(1 for r in records if r["sanity"]["randomised"] and r.get("eot"))
+        eot = sum(1 for r in records if r.sanity.randomised and r.eot)
         advice = ("the robust-accuracy attacks ran with EoT on them" if eot == count["randomised"] else
                   "enable EoT (eot.enabled) before trusting robust accuracy")
         out.append(Warning_("randomized_model",
@@ -73,7 +74,7 @@ def sanity_warnings(records: list[Record], params: dict[str, Any], num_classes: 
     for norm in params["norms"]:
         for weak, strong in weaker_stronger(attacks_for(params, norm)):
             for b, e in enumerate(budgets(params, norm)):
-                outcomes = [r["attacks"][norm]["success"] for r in records]
+                outcomes = [r.attacks[norm]["success"] for r in records]
                 # "is False": under cascade an attack that did not run on a sample has None there
                 beaten = sum(1 for s in outcomes if s is not None and s[weak][b] is True and s[strong][b] is False)
                 if beaten:
@@ -83,7 +84,7 @@ def sanity_warnings(records: list[Record], params: dict[str, Any], num_classes: 
                                         "small a step size, or masked gradients)",
                                         {"norm": norm, "eps": e, "eps_key": eps_key(e), "weaker": weak,
                                          "stronger": strong, "samples": beaten}).to_dict())
-    acc = sum(r["correct"] for r in records) / n
+    acc = sum(r.correct for r in records) / n
     chance = 1.0 / num_classes
     if acc <= 1.5 * chance:
         out.append(Warning_("clean_near_chance",
@@ -99,11 +100,11 @@ def weaker_stronger(names: list[str]) -> list[tuple[str, str]]:
     return [(w, s) for w in ranked for s in ranked if ATTACKS[w].strength < ATTACKS[s].strength]
 
 
-def eot_summary(records: list[Record], params: dict[str, Any]) -> dict[str, Any]:
+def eot_summary(records: list[Sample], params: dict[str, Any]) -> dict[str, Any]:
     """What the report says about EoT: used or not, k and m, and why."""
     cfg = params["eot"]
-    used = sum(1 for r in records if r.get("eot"))
-    randomised = sum(1 for r in records if r["sanity"]["randomised"])
+    used = sum(1 for r in records if r.eot)
+    randomised = sum(1 for r in records if r.sanity.randomised)
     if cfg["enabled"] is True:
         why = "requested (eot.enabled: true)"
     elif cfg["enabled"] is False:
@@ -123,7 +124,7 @@ INVALIDATING = ("probabilities_not_logits", "zero_gradients", "nan_gradients", "
                 "randomized_model")
 
 
-def unreliable_metrics(records: list[Record], warnings: list[dict[str, Any]], params: dict[str, Any],
+def unreliable_metrics(records: list[Sample], warnings: list[dict[str, Any]], params: dict[str, Any],
                        paths: list[str]) -> dict[str, Any] | None:
     """The flags that invalidate gradient attacks, and the metric paths they make unreliable.
 

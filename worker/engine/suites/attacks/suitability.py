@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Any
 
 from ...metrics import Unit, metric, proportion
-from .common import Record, median, share
+from .common import Sample, median, share
 from .params import attacks_for, budgets, eps_key
 from .robustness import UNIT, minimal_norms, robust_flags
 
@@ -22,11 +22,11 @@ class Flag(str, Enum):
     FALLS_AT_NO_BUDGET = "falls_at_no_budget"
 
 
-def flags_of(r: Record, params: dict[str, Any]) -> list[Flag]:
-    if not r["correct"]:
+def flags_of(r: Sample, params: dict[str, Any]) -> list[Flag]:
+    if not r.correct:
         return [Flag.MISCLASSIFIED]
     out = []
-    if r["margin"] < params["suitability_margin"]:
+    if r.margin < params["suitability_margin"]:
         out.append(Flag.LOW_MARGIN)
     every = none = False
     for norm in params["norms"]:
@@ -40,10 +40,10 @@ def flags_of(r: Record, params: dict[str, Any]) -> list[Flag]:
     return out
 
 
-def suitability_metrics(records: list[Record], params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def suitability_metrics(records: list[Sample], params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Metrics, and the flags per sample id (for the artifact)."""
-    flags = {r["id"]: flags_of(r, params) for r in records}
-    clean = [r for r in records if not flags[r["id"]]]
+    flags = {r.id: flags_of(r, params) for r in records}
+    clean = [r for r in records if not flags[r.id]]
     n, m = len(records), len(clean)
     out: dict[str, Any] = {
         "flagged": metric(n - m, Unit.COUNT, n, "source images with at least one suitability flag"),

@@ -19,7 +19,7 @@ from ...params import ParamSchema
 from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult
 from ..parts import CompositeMixin, Part, part_params
-from .common import Final, Record, Shard, in_batches
+from .common import Final, Sample, Shard, in_batches
 from .loss_comparison import LossComparisonPart
 from .misclassification import misclassification_metrics
 from .params import CORE, MOVED, attacks_for, budgets, check, eps_key, with_set_defaults
@@ -94,7 +94,7 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         logits = torch.cat([p[0] for p in probes]) if probes else torch.zeros(0, clf.num_classes)
         facts = [f for p in probes for f in p[1]]
         shared = ctx.shared.get("clean") or {}
-        records: dict[str, Record] = {}
+        records: dict[str, Sample] = {}
         probs = torch.softmax(logits.double(), dim=1)
         k = min(5, clf.num_classes)
         for i, sid in enumerate(ids):
@@ -106,25 +106,24 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
                 other[int(y[i])] = -1.0
                 c = {"label": int(y[i]), "correct": top[0] == int(y[i]), "topk": top,
                      "margin": float(p[int(y[i])] - other.max())}
-            records[sid] = {"id": sid, "label": int(c["label"]), "correct": bool(c["correct"]),
-                            "margin": float(c["margin"]), "topk": [int(t) for t in c["topk"]],
-                            "sanity": facts[i]}
-        attacked = torch.tensor([records[s]["correct"] for s in ids], dtype=torch.bool, device=clf.device)
-        eot = _eot_for(params["eot"], sum(f["randomised"] for f in facts), clf)
+            records[sid] = Sample(id=sid, label=int(c["label"]), correct=bool(c["correct"]),
+                                  margin=float(c["margin"]), topk=[int(t) for t in c["topk"]], sanity=facts[i])
+        attacked = torch.tensor([records[s].correct for s in ids], dtype=torch.bool, device=clf.device)
+        eot = _eot_for(params["eot"], sum(f.randomised for f in facts), clf)
         for sid in ids:
-            records[sid]["eot"] = eot is not None
+            records[sid].eot = eot is not None
         # progress: rough shares of the work (the untargeted core 3 units, each part its own)
         total = CORE_UNITS + self.part_units(params)
         untargeted, cost = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
                                           lambda f: ctx.progress(CORE_UNITS * f / total), eot)
         for sid in ids:
-            records[sid]["attacks"] = untargeted[sid]
+            records[sid].attacks = untargeted[sid]
 
         def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
             return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress)
 
         parts = self.run_parts(params, inputs, ctx.progress, start=CORE_UNITS, total=total)
-        return {"samples": records, "cost": cost, "parts": parts}
+        return {"samples": {sid: r.to_json() for sid, r in records.items()}, "cost": cost, "parts": parts}
 
     def merge(self, a: Partial, b: Partial) -> Partial:
         return {"samples": {**a["samples"], **b["samples"]}, "cost": merge_costs(a["cost"], b["cost"]),
@@ -133,14 +132,14 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
     def finalize(self, ctx: SuiteContext, partial: Partial, params: dict[str, Any]) -> SuiteResult:
         # each sample's core facts with its record of every part under the part's name (None: not attacked)
         parts = partial["parts"]
-        records = [{**r, **{name: per.get(sid) for name, per in parts.items()}}
+        records = [Sample.from_json(r, parts={name: per.get(sid) for name, per in parts.items()})
                    for sid, r in partial["samples"].items()]
         card = ctx.classifier.card
         names = list(card.class_names) or [str(i) for i in range(ctx.classifier.num_classes)]
         hierarchy = dict(card.hierarchy)
         n = len(records)
         metrics: dict[str, Any] = {
-            "not_attacked": metric(sum(not r["correct"] for r in records), Unit.COUNT, n,
+            "not_attacked": metric(sum(not r.correct for r in records), Unit.COUNT, n,
                                    "samples misclassified on the clean image: not attacked, counted as non-robust "
                                    "at every budget"),
         }

@@ -19,7 +19,7 @@ from ...attacks.rng import sample_seed
 from ...metrics import Unit, metric, proportion
 from ...params import Param, ParamKind, ParamSchema
 from ..parts import Part, PartResult
-from .common import Final, Record, Shard, in_batches, seeds_for, spearman
+from .common import Final, Record, Sample, Shard, in_batches, seeds_for, spearman
 from .plots import modify_mimic_plot
 from .robustness import build
 
@@ -80,17 +80,17 @@ def run_targeted(inp: Shard) -> dict[str, Record]:
     return out
 
 
-def pair_counts(records: list[Record], num_classes: int) -> tuple[list[list[int]], list[list[int]]]:
+def pair_counts(records: list[Sample], num_classes: int) -> tuple[list[list[int]], list[list[int]]]:
     """Attempts and successes as source x target integer matrices."""
     tries = [[0] * num_classes for _ in range(num_classes)]
     wins = [[0] * num_classes for _ in range(num_classes)]
     for r in records:
-        t = r.get("targeted")
+        t = r.parts.get("targeted")
         if not t:
             continue
         for target, ok in zip(t["targets"], t["success"]):
-            tries[r["label"]][target] += 1
-            wins[r["label"]][target] += int(ok)
+            tries[r.label][target] += 1
+            wins[r.label][target] += int(ok)
     return tries, wins
 
 
@@ -110,7 +110,7 @@ def _rates(tries: list[list[int]], wins: list[list[int]], keys: list[list[int]],
     return out
 
 
-def targeted_metrics(records: list[Record], params: dict[str, Any], class_names: list[str],
+def targeted_metrics(records: list[Sample], params: dict[str, Any], class_names: list[str],
                      hierarchy: dict[str, str]) -> dict[str, Any]:
     c = len(class_names)
     tries, wins = pair_counts(records, c)
@@ -157,7 +157,7 @@ def _summary(tries: list[list[int]], wins: list[list[int]], names: list[str], me
     return out
 
 
-def matrix_artifact(records: list[Record], class_names: list[str]) -> dict[str, Any]:
+def matrix_artifact(records: list[Sample], class_names: list[str]) -> dict[str, Any]:
     """The all-pairs matrix for the artifact: attempts, successes and rates (null: no attempt)."""
     tries, wins = pair_counts(records, len(class_names))
     rates = [[w / t if t else None for w, t in zip(wr, tr)] for wr, tr in zip(wins, tries)]

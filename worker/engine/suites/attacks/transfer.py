@@ -21,7 +21,7 @@ from ...metrics import Unit, metric, proportion
 from ...params import Param, ParamKind, ParamSchema
 from ...samples import SampleSet
 from ..parts import Part, PartResult
-from .common import Final, Record, Shard, in_batches, seeds_for, share
+from .common import Final, Record, Sample, Shard, in_batches, seeds_for, share
 from .params import attacks_for, budgets, eps_key
 from .robustness import build
 
@@ -121,9 +121,9 @@ def run_transfer(inp: Shard, surrogate: Classifier) -> dict[str, Record]:
     return out
 
 
-def transfer_metrics(records: list[Record], params: Mapping[str, Any]) -> dict[str, Any]:
+def transfer_metrics(records: list[Sample], params: Mapping[str, Any]) -> dict[str, Any]:
     """transfer.{not_attacked, norm.attack.eps.{transfer_rate, surrogate_success, target_fooled}}"""
-    recs = [r["transfer"] for r in records]
+    recs = [r.parts["transfer"] for r in records]
     done = [t for t in recs if t["attacked"]]
     out: dict[str, Any] = {
         "not_attacked": metric(len(recs) - len(done), Unit.COUNT, len(recs),
