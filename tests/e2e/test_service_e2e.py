@@ -107,7 +107,9 @@ def test_killed_worker_audit_is_redelivered_and_completes(client, worker, model_
     worker.start()
     audit = finished(client, audit_id, timeout=90)
     assert audit["status"] == "succeeded", audit
-    assert audit["attempts"] == 2 and audit["report"]["suites"]["slow"]["metrics"]["n"]["value"] == 20
+    # the restarted worker either takes the attempt over (its heartbeat was stale: attempt 2) or joins
+    # it and takes the dead member's shard once that claim is stale (attempt 1): both finish it
+    assert audit["attempts"] in (1, 2) and audit["report"]["suites"]["slow"]["metrics"]["n"]["value"] == 20
 
 
 def test_reaper_requeues_dead_workers_audit(client, worker, model_id, slow_suite, e2e_config, e2e_store, dispatcher):
