@@ -3,4 +3,4 @@
 The CLI, the Celery tasks and a bare GPU box all call :func:`worker.engine.runner.run_audit`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
