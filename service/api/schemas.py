@@ -56,7 +56,8 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
         suites = fields.Nested(suites_schema(), load_default=dict,
                                metadata={"description": "suite name -> parameters (null: defaults); "
                                                         "clean always runs"})
-        gates = fields.List(fields.Raw(), load_default=list, metadata={"description": GATE_DOC})
+        gates = fields.List(fields.Raw(), load_default=list, metadata={
+            "description": f"{GATE_DOC}; without any, nothing is judged and the verdict is none (not pass)"})
         seed = fields.Integer(strict=True, validate=validate.Range(min=0, max=INT64_MAX), load_default=0)
         label = fields.String(allow_none=True, validate=validate.Length(max=MAX_LABEL), load_default=None)
         baseline = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_ID), load_default=None,
