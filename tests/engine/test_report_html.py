@@ -243,12 +243,24 @@ def test_unreliable_gates_and_sanity_flags_are_explained(fixture_audit):
     assert "2 of 4 gates did not pass." in text
 
 
-def test_no_gates_says_nothing_was_checked(fixture_audit):
-    _, out, report = fixture_audit
-    changed = {**copy.deepcopy(report), "gates": [], "verdict": "pass"}
-    page = Page(render_report_html(changed, out))
-    assert "No gates were set: nothing was checked against a threshold." in page.all_text
-    assert ("header", {"id": "verdict", "class": "verdict verdict-pass"}) in page.tags
+def test_no_gates_shows_a_neutral_band_not_a_pass(fixture_audit):
+    _, _, report = fixture_audit
+    report = {**copy.deepcopy(report), "suites": {"clean": report["suites"]["clean"]}}  # the band, not the plots
+    text = render_report_html({**report, "gates": [], "verdict": "none"})
+    page = Page(text)
+    assert ("header", {"id": "verdict", "class": "verdict verdict-none"}) in page.tags
+    assert "No verdict: no gates were set" in page.all_text
+    assert "Nothing was checked against a threshold" in page.all_text
+    assert "PASS" not in page.all_text and "Verdict:" not in page.all_text
+    assert "<title>robustaudit: tiny <b>model</b> – NO VERDICT</title>" in html.unescape(text)
+    assert ".verdict-none { background: var(--none); }" in text and "--none: #455a64" in text
+    # a report written before the verdict "none" (schema 1.0) keeps what it said
+    old = Page(render_report_html({**report, "gates": [], "verdict": "pass"}))
+    assert "No gates were set: nothing was checked against a threshold." in old.all_text
+    assert ("header", {"id": "verdict", "class": "verdict verdict-pass"}) in old.tags
+    # a verdict the page does not know is never shown as a pass
+    odd = Page(render_report_html({**report, "verdict": "maybe"}))
+    assert ("header", {"id": "verdict", "class": "verdict verdict-fail"}) in odd.tags
 
 
 def test_many_classes_stay_bounded():

@@ -2,7 +2,8 @@
 
 Runs with torch alone (``python -m worker.engine audit ...`` on a bare GPU box).
 Exit codes of ``audit``: 0 every gate passed, 1 a gate failed, 2 bad input, 3 internal
-error, 130 cancelled (Ctrl-C), 141 the reader of our output went away (``| head``).
+error, 5 no verdict (no gates were set; 0 with ``--allow-no-gates``), 130 cancelled (Ctrl-C),
+141 the reader of our output went away (``| head``).
 
 ``--out`` may be reused: what an earlier audit wrote there (report, artifacts) is removed
 first, and nothing else. ``--n-samples`` above the dataset's size uses the whole set and the
@@ -26,12 +27,15 @@ from typing import Any, TextIO
 from . import __version__
 from .compare import compare_reports
 from .errors import AuditCancelled, AuditInputError, SpecError
-from .gates import Baseline, Gate, baseline_gates
+from .gates import Baseline, Gate, Verdict, baseline_gates
 from .humanize import fmt_delta, fmt_eps, fmt_num, fmt_text
 from .junit import write_junit
 from .metrics import lookup_value
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
+#: no gates were set, so nothing was judged: as pytest's 5 for "no tests collected", a pipeline
+#: whose gates went missing stops instead of passing (``--allow-no-gates`` makes it 0)
+EXIT_NO_VERDICT = 5
 #: 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe
 EXIT_PIPE = 141
 
@@ -138,6 +142,26 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="REPORT.json", help="an earlier report that gates written against a baseline "
                    "compare with ('clean.top1 >= baseline - 0.05'); the summary lists what changed")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per gate (for CI)")
+
+
+def add_allow_no_gates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-no-gates", action="store_true",
+                   help=f"exit 0 when no gate was set (default: exit {EXIT_NO_VERDICT}, no verdict)")
+
+
+#: said on stderr when an audit without gates ends
+NO_GATES_NOTE = ("no verdict: no gates were set, so nothing was checked against a threshold; add gates "
+                 f"(--gate), or pass --allow-no-gates to accept an audit without them (exit {EXIT_NO_VERDICT})")
+
+
+def verdict_exit_code(verdict: str, allow_no_gates: bool = False) -> int:
+    """The exit code of a finished audit: 0 pass, 1 fail (or anything unknown), 5 no verdict
+    (0 when ``allow_no_gates``)."""
+    if verdict == Verdict.PASS.value:
+        return EXIT_PASS
+    if verdict == Verdict.NONE.value:
+        return EXIT_PASS if allow_no_gates else EXIT_NO_VERDICT
+    return EXIT_FAIL
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,7 +312,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         suite, _, path = str(g["metric"]).partition(".")
         leaf, _, _ = lookup_value((report["suites"].get(suite) or {}).get("metrics") or {}, path)
         lines.extend(gate_lines(g, leaf))
-    lines.append(f"verdict: {report['verdict']}")
+    verdict = report["verdict"]
+    lines.append(f"verdict: {verdict}" + (" (no gates were set)" if verdict == Verdict.NONE.value else ""))
     return lines
 
 
@@ -347,7 +372,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"report for people: {html}")
         if args.junit:
             print(f"junit: {args.junit}")
-    return EXIT_PASS if report["verdict"] == "pass" else EXIT_FAIL
+    code = verdict_exit_code(report["verdict"], getattr(args, "allow_no_gates", False))
+    if code == EXIT_NO_VERDICT:
+        print(f"robustaudit: {NO_GATES_NOTE}", file=sys.stderr)
+    return code
 
 
 def read_report(path: str, what: str) -> dict[str, Any]:
@@ -478,6 +506,7 @@ def _print_params(params: list[dict[str, Any]], indent: str) -> None:
 def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="run an audit locally, without a server")
     add_audit_arguments(p)
+    add_allow_no_gates(p)
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("compare", help="what changed between two reports, the largest regressions first")
     p.add_argument("baseline", help="the earlier report.json")

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..gates import Verdict
 from ..humanize import fmt_eps, fmt_num
 from ..metrics import is_leaf, iter_leaves
 from .gallery import DEFAULT_LIMITS, GalleryLimits, build_gallery
@@ -160,11 +161,22 @@ def _warnings(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _verdict_sentence(verdict: str, gates: list[dict[str, Any]]) -> str:
-    if not gates:
+def _verdict(report: Mapping[str, Any]) -> Verdict:
+    """The report's verdict; one the page does not know is shown as a fail, never as a pass."""
+    try:
+        return Verdict(report.get("verdict"))
+    except ValueError:
+        return Verdict.FAIL
+
+
+def _verdict_sentence(verdict: Verdict, gates: list[dict[str, Any]]) -> str:
+    if verdict is Verdict.NONE:
+        return ("Nothing was checked against a threshold, so nothing passed or failed: the numbers below are "
+                "measurements only. Set gates to get a verdict.")
+    if not gates:  # a report written before the verdict "none" existed
         return "No gates were set: nothing was checked against a threshold."
     failed = [g for g in gates if not g["passed"]]
-    if verdict == "pass":
+    if verdict is Verdict.PASS:
         return f"All {len(gates)} gate{'s' if len(gates) != 1 else ''} passed."
     return f"{len(failed)} of {len(gates)} gate{'s' if len(gates) != 1 else ''} did not pass."
 
@@ -184,8 +196,8 @@ def report_context(report: Mapping[str, Any], out_dir: Path | None,
                        "per_class": per_class_table(name, entry.get("metrics") or {}),
                        "unreliable": entry.get("unreliable"),
                        "n_artifacts": len(entry.get("artifacts") or [])})
-    verdict = str(report.get("verdict", "fail"))
-    return {"verdict": verdict, "verdict_sentence": _verdict_sentence(verdict, gates), "gates": gates,
+    verdict = _verdict(report)
+    return {"verdict": verdict.value, "verdict_sentence": _verdict_sentence(verdict, gates), "gates": gates,
             "failed": [g for g in gates if not g["passed"]], "warnings": _warnings(report),
             "model": report.get("model") or {}, "dataset": report.get("dataset") or {},
             "environment": report.get("environment") or {}, "audit": report.get("audit") or {},
