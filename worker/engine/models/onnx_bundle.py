@@ -23,7 +23,7 @@ import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from ..errors import ModelLoadError
 from .archive import check_zip_archive
@@ -37,6 +37,12 @@ _REFUSED_TYPES = {stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character de
                   stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
 #: the timestamp of members the service writes, so that the same two parts give the same bundle
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class Readable(Protocol):
+    """What a member is copied from: a binary stream."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ def check_bundle(path: str | Path, *, name: str) -> Bundle:
     return Bundle(model, folder, files)
 
 
-def write_bundle(out: IO[bytes], model: tuple[str, IO[bytes]], data: list[tuple[str, IO[bytes]]]) -> None:
+def write_bundle(out: IO[bytes], model: tuple[str, Readable], data: list[tuple[str, Readable]]) -> None:
     """Write a bundle (stored, not compressed) of a model and its data files, each (name, stream).
 
     Raises:

@@ -44,7 +44,8 @@ REDUCE_VERSIONS: dict[str, tuple[int, ...]] = {
     "ReduceProd": (18,), "ReduceL1": (18,), "ReduceL2": (18,), "ReduceLogSum": (18,), "ReduceLogSumExp": (18,),
 }
 #: versions converted here: (operator, version) -> the converter. Reshape 5/13/14 replace onnx2torch's,
-#: which refuses ``allowzero=1``.
+#: which refuses ``allowzero=1``; Resize 11/13 replace onnx2torch's, which converts the settings torch
+#: cannot reproduce with a warning only.
 _OURS: dict[tuple[str, int], Callable[[Any, Any], Any]] = {}
 
 
@@ -264,7 +265,7 @@ class Resize(nn.Module):
 _LINEAR = {3: "linear", 4: "bilinear", 5: "trilinear"}
 
 
-@_converter("Resize", 18, 19)
+@_converter("Resize", 11, 13, 18, 19)
 def _resize(node: Any, graph: Any) -> Any:
     a = node.attributes
     mode, transform = str(a.get("mode", "nearest")), str(a.get("coordinate_transformation_mode", "half_pixel"))
@@ -277,8 +278,8 @@ def _resize(node: Any, graph: Any) -> Any:
         raise NotImplementedError(f"Resize with {', '.join(refused)} is not converted exactly")
     if mode == "nearest":
         nearest = str(a.get("nearest_mode", "round_prefer_floor"))
-        torch_mode = {("asymmetric", "floor"): "nearest", ("half_pixel", "round_prefer_ceil"): "nearest-exact",
-                      ("tf_half_pixel_for_nn", "round_prefer_ceil"): None}.get((transform, nearest))
+        torch_mode = {("asymmetric", "floor"): "nearest",
+                      ("half_pixel", "round_prefer_ceil"): "nearest-exact"}.get((transform, nearest))
         if torch_mode is None:
             raise NotImplementedError(f"Resize nearest with coordinate_transformation_mode={transform!r}, "
                                       f"nearest_mode={nearest!r} is not converted exactly")
