@@ -37,6 +37,7 @@ SAME_AS: dict[str, dict[int, int]] = {
     "Equal": {19: 13}, "Identity": {19: 16, 21: 16}, "Flatten": {21: 13}, "Shape": {19: 15, 21: 15},
     "Transpose": {21: 13}, "Unsqueeze": {21: 13}, "IsInf": {20: 10}, "IsNaN": {20: 13},
     "GreaterOrEqual": {16: 12}, "LessOrEqual": {16: 12},
+    "ScatterND": {18: 16},  # 18 added reductions max and min, which onnx2torch's converter refuses
 }
 #: the Reduce operators whose axes became an input at version 18 (ReduceMax/Min: bool too at 20)
 REDUCE_VERSIONS: dict[str, tuple[int, ...]] = {

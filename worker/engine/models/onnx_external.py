@@ -144,10 +144,11 @@ def external_refs(model: Any, *, label: str) -> list[ExternalRef]:
         if location is None:
             raise ModelLoadError(f"{at} is stored externally without a location")
         problem = plain_name_problem(location)
-        if problem is not None:
-            raise ModelLoadError(f"{at}: external data location {location[:80]!r} is refused: {problem}; it must "
+        if problem is not None:  # only its last component is quoted: the rest may name a server folder
+            last = location.replace("\\", "/").rsplit("/", 1)[-1][:80]
+            raise ModelLoadError(f"{at}: external data location (ending {last!r}) is refused: {problem}; it must "
                                  "be the name of a file beside the model, in the upload's own folder",
-                                 location=location[:80])
+                                 location_ends=last)
         if len(tensor.raw_data) or tensor.HasField("segment"):
             raise ModelLoadError(f"{at} is stored externally and inline at once; refused")
         want = expected_bytes(tensor, at)

@@ -160,7 +160,7 @@ def fixed_batch(model: Any) -> int | None:
 
 
 def convert_onnx(model: Any, *, label: str) -> tuple[torch.nn.Module, str]:
-    """(the checked torch module, the route that converted it) of a checked ModelProto with its data.
+    """(the checked torch module in eval mode, the route that converted it) of a checked ModelProto with its data.
 
     The direct route first; then, when an operator version has no converter, the graph down-converted
     to each opset of :data:`~.onnx_versions.TARGET_OPSETS` below its own.
@@ -184,7 +184,7 @@ def convert_onnx(model: Any, *, label: str) -> tuple[torch.nn.Module, str]:
                                  f"exact torch conversion, directly or down-converted to opset "
                                  f"{' or '.join(str(t) for t in TARGET_OPSETS if t < source) or '-'}") from None
     check_converted_graph(module, label=label, module_prefixes=CONVERTED_MODULES)
-    return module, route
+    return module.eval(), route  # onnx2torch returns it in training mode (batch statistics, dropout)
 
 
 def _convert(convert: Any, model: Any, label: str) -> torch.nn.Module:
