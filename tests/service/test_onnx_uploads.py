@@ -195,3 +195,27 @@ def test_external_data_part_needs_an_onnx_card(service) -> None:
     model, data = parts("cnn")
     resp = post(client, model, {**card("cnn"), "format": "torchscript"}, data)
     assert resp.status_code == 422 and "only with an ONNX checkpoint" in resp.get_json()["message"]
+
+
+def test_submit_client_sends_the_data_file_beside_an_onnx_model(service, tmp_path: Path, monkeypatch) -> None:
+    """``robustaudit submit --model model.onnx``: ``model.onnx.data`` beside it goes as 'external_data'."""
+    from service.client import Client
+
+    client = service[0]
+    model, data = parts("cnn")
+    direct = post(client, model, card("cnn"), data)
+    assert direct.status_code in (200, 201), direct.get_json()
+    sent: list[bytes] = []
+
+    def through_flask(self, method, path, *, body=None, content_type=None, headers=None):
+        sent.append(body)
+        resp = client.open(path, method=method, data=body, content_type=content_type, headers=AUTH)
+        assert resp.status_code in (200, 201), resp.get_json()
+        return resp.get_json()
+
+    monkeypatch.setattr(Client, "request", through_flask)
+    card_file = tmp_path / "model.card.json"
+    card_file.write_text(json.dumps(card("cnn")))
+    registered = Client("http://unused").upload_model(exported("cnn"), card_file)
+    assert b'name="external_data"; filename="model.onnx.data"' in sent[0]
+    assert registered["id"] == direct.get_json()["id"]  # the same bundle as the two parts sent by hand
