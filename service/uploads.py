@@ -97,7 +97,6 @@ def register_model(session: Session, storage: Storage, config: Config, *, tenant
     return model, True
 
 
-
 def check_stored_zip(path: Path, name: str, card: dict[str, Any]) -> None:
     """The zip bounds; for an ONNX card also the bundle's member names and types (one model, plain names)."""
     if card.get("format") == "onnx":

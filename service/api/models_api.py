@@ -13,7 +13,7 @@ from werkzeug.datastructures import FileStorage
 from ..sandboxing import SandboxRefused
 from ..storage import UploadTooLarge
 from ..store.models import Model, ModelKind
-from ..uploads import bundle_parts, register_model
+from ..uploads import bundle_parts, parse_card, register_model
 from .auth import authenticate, find_owned, owned, tenant
 from .context import services
 from .errors import ApiError
@@ -78,8 +78,6 @@ def external_data_parts() -> list[FileStorage]:
 
 def _require_onnx_card(card_raw: bytes | str, kind: ModelKind) -> None:
     """'external_data' belongs to an ONNX checkpoint: refused before anything is stored for another format."""
-    from ..uploads import parse_card
-
     if kind is not ModelKind.CLASSIFIER or parse_card(card_raw, kind).get("format") != "onnx":
         raise ApiError(422, "multipart part 'external_data' is accepted only with an ONNX checkpoint "
                             "(model card 'format': 'onnx') of a classifier", code="validation_error")

@@ -105,7 +105,7 @@ def tensor_slots(model: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _integer(raw: str, key: str, where: str) -> int:
-    if not raw.isdigit() or len(raw) > _MAX_DIGITS:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > _MAX_DIGITS:
         raise ModelLoadError(f"external data of {where}: {key} {raw[:40]!r} is not a non-negative integer")
     return int(raw)
 
