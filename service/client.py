@@ -91,9 +91,15 @@ class Client:
         return self.request(method, path, body=body, content_type="application/json" if body else None, **kw)
 
     def upload_model(self, checkpoint: Path, card: Path) -> dict[str, Any]:
+        """Upload a checkpoint and its card; an ``.onnx`` file's ``<name>.data`` beside it (where
+        ``torch.onnx.export`` writes the weights) goes with it as the part ``external_data``."""
         boundary = uuid.uuid4().hex
         parts = []
-        for field, path in (("checkpoint", checkpoint), ("card", card)):
+        files = [("checkpoint", checkpoint), ("card", card)]
+        data = checkpoint.with_name(checkpoint.name + ".data")
+        if checkpoint.suffix == ".onnx" and data.is_file():
+            files.append(("external_data", data))
+        for field, path in files:
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
                          f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
                          + path.read_bytes() + b"\r\n")

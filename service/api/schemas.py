@@ -96,6 +96,11 @@ class ModelUploadSchema(Schema):
                                                      "description": "the checkpoint file"})
     card = fields.Raw(metadata={"type": "string", "format": "binary",
                                 "description": "the model card (JSON), as a file or a form field; required"})
+    external_data = fields.Raw(metadata={"type": "string", "format": "binary", "description":
+                                         "an ONNX checkpoint's external data file (the file its tensors' "
+                                         "'location' names, e.g. model.onnx.data); repeat the part for several "
+                                         "files (at most 16). Or send one zip holding the .onnx file and its "
+                                         "data files as 'checkpoint'"})
     kind = fields.String(metadata={"enum": ["classifier", "generator"], "description":
                                    "classifier (default: an audited model or a surrogate) or generator (for the "
                                    "perturbation suite's generator layers; the card is a generator card)"})
