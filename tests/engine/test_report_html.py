@@ -131,11 +131,13 @@ def test_robust_accuracy_draws_only_gates_on_its_own_norm_and_budgets():
 
 def test_mathtext_in_names_does_not_break_a_plot():
     bad = "$\\frac{1}{$"
-    targeted = {"modify": {bad: {"value": 0.5, "n": 2}}, "mimic": {bad: {"value": 0.1, "n": 2}},
+    targeted = {"modify": {bad: {"value": 0.5, "n": 2}, "b": {"value": 0.2, "n": 2}},
+                "mimic": {bad: {"value": 0.1, "n": 2}, "b": {"value": 0.6, "n": 2}},
                 "success_rate": {"value": 0.3, "n": 4}}
     layers = {bad: {"success_rate": {"eps4": {"value": 1.0, "n": 2, "eps": 4.0}}}}
     entry = {"metrics": {"targeted": targeted, "generator_layers": layers}}
-    assert modify_mimic(entry) is not None and generator_layers(entry) is not None
+    drawn = modify_mimic(entry)
+    assert drawn is not None and drawn.png.startswith(b"\x89PNG") and generator_layers(entry) is not None
 
 
 def test_margins_and_gate_order():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 
 def fmt_eps(eps: float) -> str:
@@ -108,3 +110,22 @@ def grey_level_note(label: str, value: float | None, unit: str | None) -> str | 
     return (f"{label} = {fmt_norm(value, unit)} is below one grey level (1/255): smaller than the step between "
             "8-bit pixel values, so an adversarial image saved at 8 bits would not hold this perturbation as "
             "computed; the model changes its answer for a change no 8-bit image can show")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def sample_size_text(report: Mapping[str, Any]) -> str:
+    """The data's class count beside the model's: ``17 samples of 5 classes; the model has 1000``
+    (the report's ``dataset.classes`` lists every class of the model with its sample count)."""
+    dataset = report.get("dataset") or {}
+    n = dataset.get("n_samples")
+    classes = [c for c in dataset.get("classes") or [] if isinstance(c, Mapping)]
+    present = sum(1 for c in classes if isinstance(c.get("n"), int) and c["n"] > 0)
+    model = (report.get("model") or {}).get("num_classes")
+    samples = _count(n, "sample", "samples") if isinstance(n, int) else "? samples"
+    text = f"{samples} of {_count(present, 'class', 'classes')}"
+    if isinstance(model, int) and model != present:
+        text += f"; the model has {model}"
+    return text
