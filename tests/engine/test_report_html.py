@@ -188,6 +188,19 @@ def test_gallery_is_bounded_and_says_what_it_left_out(fixture_audit):
     assert tight.shown == 0 and tight.left_out == len(pngs)
 
 
+def test_perturbation_section_shows_corruption_examples(fixture_audit):
+    """One image under each corruption at severities 1, 3 and 5, embedded where the suite's section is."""
+    _, out, report = fixture_audit
+    examples = [a for a in report["suites"]["perturbation"]["artifacts"] if "corruption_examples_" in a]
+    assert examples == ["artifacts/perturbation/corruption_examples_noise.png",  # gaussian_noise
+                        "artifacts/perturbation/corruption_examples_digital.png"]  # contrast
+    text = (out / "report.html").read_text()
+    section = text[text.index('id="suite-perturbation"'):text.index('id="files"')]
+    for rel in examples:
+        assert f'href="{rel}"><img src="data:image/png;base64,' in section
+    assert "noise corruptions of the audit&#39;s first sample at severities 1, 3 and 5" in section
+
+
 def test_gallery_embeds_only_real_pngs_inside_the_output_folder(tmp_path):
     (tmp_path / "artifacts" / "fragile").mkdir(parents=True)
     (tmp_path / "artifacts" / "fragile" / "fake.png").write_text("<svg onload=alert(1)>")
