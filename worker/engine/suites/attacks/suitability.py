@@ -10,7 +10,7 @@ import json
 from enum import Enum
 from typing import Any
 
-from ...humanize import GREY_LEVEL, fmt_eps, fmt_levels, fmt_num
+from ...humanize import GREY_LEVEL, fmt_eps, fmt_levels, fmt_norm, fmt_num
 from ...metrics import Unit, metric, proportion
 from ..base import Warning_
 from .common import Sample, median, share
@@ -78,12 +78,12 @@ def _smaller_budgets(norm: str, eps: list[float], median_minimal: float | None) 
     """Advice on smaller budgets: around the median minimal perturbation when it is known."""
     if median_minimal is not None and 0 < median_minimal < min(eps):
         centre = median_minimal
-        why = f"around the median minimal {norm} perturbation, {_eps_text(norm, median_minimal)}"
+        why = f"around the median minimal {norm} perturbation, {fmt_norm(median_minimal, UNIT[norm].value)}"
     else:
         centre, why = min(eps) / 4, f"below the smallest, {_eps_text(norm, min(eps))}"
     suggested = [float(f"{centre * f:.3g}") for f in (0.5, 1.0, 2.0)]
-    shown = ", ".join(_eps_text(norm, e) for e in suggested)
-    return f"use smaller budgets {why}, e.g. attacks.{norm}_eps={json.dumps(suggested)} ({shown})", suggested
+    levels = f" ({', '.join(fmt_levels(e) for e in suggested)})" if norm == "linf" else ""
+    return f"use smaller budgets {why}, e.g. attacks.{norm}_eps={json.dumps(suggested)}{levels}", suggested
 
 
 def _share_words(count: int, n: int) -> str:

@@ -110,9 +110,7 @@ def run_targeted(inp: Shard) -> dict[str, Record]:
     present = inp.population.classes
     mode = resolve_targets(own["targets"], clf.num_classes, len(present), own["max_targets"])
     if mode is Targets.TOP_K and sources:
-        logits = torch.cat(in_batches(clf, len(sources), params["batch_size"],
-                                      lambda s, e: clf.logits(x[sources[s:e]])))
-        chosen = top_targets(logits, y[sources], own["max_targets"])
+        chosen = top_targets(clf.logits(x[sources]), y[sources], own["max_targets"])
     else:
         among = present if mode is Targets.PRESENT else None
         chosen = [targets_for(seed, ids[i], int(y[i]), clf.num_classes, own["max_targets"], among) for i in sources]
@@ -281,8 +279,9 @@ def _extremes(label: str, rates: list[tuple[float | None, int]], names: list[str
 
 
 def study_notes(metrics: Mapping[str, Any], mode: Targets, requested: Targets, present: int, num_classes: int,
-                max_targets: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The part's metadata (which targets, why, what was left out) and its warnings."""
+                max_targets: int, sources: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The part's metadata (which targets, why, what was left out) and its warnings (``sources``:
+    the images attacked as sources)."""
     ranked = measured(metrics)
     plot_note = None
     if len(ranked) < 2:
@@ -302,10 +301,13 @@ def study_notes(metrics: Mapping[str, Any], mode: Targets, requested: Targets, p
             {"classes_present": present, "model_classes": num_classes, "targets": mode.value}).to_dict())
     skipped = [what for what, gone in (("the modify/mimic plot", plot_note is not None),
                                        ("Spearman's rho", len(ranked) < MIN_RANKED_CLASSES)) if gone]
-    if skipped and metrics["success_rate"]["n"]:
-        advice = ("sample more images per class" if mode is Targets.PRESENT else
-                  "set targeted.targets to 'present' (targets among the sample's classes) or sample more images "
-                  "per class")
+    if skipped and sources:
+        if mode is Targets.PRESENT:
+            advice = ("sample more images per class" if present >= 2 else
+                      "the sample holds one class: add classes to it, or set targeted.targets to 'top_k'")
+        else:
+            advice = ("set targeted.targets to 'present' (targets among the sample's classes) or sample more "
+                      "images per class")
         warnings.append(Warning_(
             "targeted_few_attempts",
             f"{' and '.join(skipped)} left out: {len(ranked)} {_plural('class', len(ranked))} have modify and mimic "
@@ -360,12 +362,13 @@ class TargetedPart(Part[Shard, Final]):
 
     def finalize(self, inputs: Final, partial: Any) -> PartResult:
         records, store, suite = inputs.records, inputs.ctx.artifacts, inputs.suite
-        own, num_classes = self.own(inputs.params), len(inputs.class_names)
+        own, num_classes = self.own(inputs.params), inputs.ctx.classifier.num_classes
         metrics = targeted_metrics(records, inputs.params, inputs.class_names, inputs.hierarchy)
         present = len({r.label for r in records})  # every sample's label: the population the shards saw
         mode = resolve_targets(own["targets"], num_classes, present, own["max_targets"])
+        sources = sum(1 for r in records if r.parts.get("targeted") is not None)
         meta, warnings = study_notes(metrics, mode, Targets(own["targets"]), present, num_classes,
-                                     own["max_targets"])
+                                     own["max_targets"], sources)
         matrix = matrix_artifact(records, inputs.class_names)
         path = store.path(suite, "targeted_matrix.json")
         path.write_text(json.dumps(matrix, indent=1))
