@@ -164,9 +164,9 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
             artifacts += res.artifacts
         warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
         warnings += suitability_warnings(records, params, metrics)
-        metadata: dict[str, Any] = {"attacks": {norm: attacks_for(params, norm) for norm in params["norms"]},
-                                    "cascade": params["cascade"], "eot": eot_summary(records, params),
-                                    "cost": _rounded(partial["cost"])}
+        metadata = {"attacks": {norm: attacks_for(params, norm) for norm in params["norms"]},
+                    "cascade": params["cascade"], "eot": eot_summary(records, params),
+                    "cost": _rounded(partial["cost"])}
         for name, res in results:  # a part's warnings after the sanity flags; its notes under its name
             warnings += res.warnings
             if res.extra:
