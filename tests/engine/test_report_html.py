@@ -131,11 +131,13 @@ def test_robust_accuracy_draws_only_gates_on_its_own_norm_and_budgets():
 
 def test_mathtext_in_names_does_not_break_a_plot():
     bad = "$\\frac{1}{$"
-    targeted = {"modify": {bad: {"value": 0.5, "n": 2}}, "mimic": {bad: {"value": 0.1, "n": 2}},
+    targeted = {"modify": {bad: {"value": 0.5, "n": 2}, "b": {"value": 0.2, "n": 2}},
+                "mimic": {bad: {"value": 0.1, "n": 2}, "b": {"value": 0.6, "n": 2}},
                 "success_rate": {"value": 0.3, "n": 4}}
     layers = {bad: {"success_rate": {"eps4": {"value": 1.0, "n": 2, "eps": 4.0}}}}
     entry = {"metrics": {"targeted": targeted, "generator_layers": layers}}
-    assert modify_mimic(entry) is not None and generator_layers(entry) is not None
+    drawn = modify_mimic(entry)
+    assert drawn is not None and drawn.png.startswith(b"\x89PNG") and generator_layers(entry) is not None
 
 
 def test_margins_and_gate_order():
@@ -184,6 +186,19 @@ def test_gallery_is_bounded_and_says_what_it_left_out(fixture_audit):
     assert f"{len(pngs) - 3} left out" in page.all_text
     tight = build_gallery(report["suites"], out, GalleryLimits(max_bytes=1))
     assert tight.shown == 0 and tight.left_out == len(pngs)
+
+
+def test_perturbation_section_shows_corruption_examples(fixture_audit):
+    """One image under each corruption at severities 1, 3 and 5, embedded where the suite's section is."""
+    _, out, report = fixture_audit
+    examples = [a for a in report["suites"]["perturbation"]["artifacts"] if "corruption_examples_" in a]
+    assert examples == ["artifacts/perturbation/corruption_examples_noise.png",  # gaussian_noise
+                        "artifacts/perturbation/corruption_examples_digital.png"]  # contrast
+    text = (out / "report.html").read_text()
+    section = text[text.index('id="suite-perturbation"'):text.index('id="files"')]
+    for rel in examples:
+        assert f'href="{rel}"><img src="data:image/png;base64,' in section
+    assert "noise corruptions of the audit&#39;s first sample at severities 1, 3 and 5" in section
 
 
 def test_gallery_embeds_only_real_pngs_inside_the_output_folder(tmp_path):

@@ -28,7 +28,7 @@ from . import __version__
 from .compare import compare_reports
 from .errors import AuditCancelled, AuditInputError, SpecError
 from .gates import Baseline, Gate, Verdict, baseline_gates
-from .humanize import fmt_delta, fmt_eps, fmt_num, fmt_text
+from .humanize import fmt_delta, fmt_eps, fmt_levels, fmt_norm, fmt_num, fmt_text, grey_level_note, sample_size_text
 from .junit import write_junit
 from .metrics import lookup_value
 
@@ -254,8 +254,9 @@ def metric_label(path: str, leaf: dict[str, Any] | None = None) -> str:
 
 
 def leaf_text(leaf: dict[str, Any]) -> str:
-    """A value for people, with its 95% interval when it has one: ``0.9 [0.78, 0.96]``."""
-    text = fmt_num(leaf.get("value"))
+    """A value for people, with its 95% interval when it has one: ``0.9 [0.78, 0.96]``; a perturbation
+    size in grey levels of an 8-bit image (``0.078/255``)."""
+    text = fmt_norm(leaf.get("value"), leaf.get("unit"))
     ci = leaf.get("ci95")
     if isinstance(ci, list) and len(ci) == 2:
         text += f" [{fmt_num(ci[0], 3)}, {fmt_num(ci[1], 3)}]"
@@ -275,8 +276,11 @@ def gate_lines(gate: dict[str, Any], leaf: dict[str, Any] | None = None) -> list
                 else f" (= {fmt_num(gate['threshold'])})")
     eps = leaf.get("eps") if leaf is not None else None
     where = f" (eps {fmt_eps(float(eps))})" if isinstance(eps, (int, float)) and "eps" in gate["metric"] else ""
+    value = gate.get("value")
+    levels = (f" ({fmt_levels(value)})" if leaf is not None and isinstance(value, (int, float))
+              and leaf.get("unit") in ("linf_norm", "l2_norm") else "")
     text = (f"  gate {gate['metric']}{where} {gate['op']} {expression}{resolved}: "
-            f"value {fmt_num(gate.get('value'))}")
+            f"value {fmt_num(value)}{levels}")
     if "baseline" in gate:
         text += f", baseline {fmt_num(gate.get('baseline'))} ({fmt_delta(gate.get('delta'))})"
     lines = [f"{text}  {mark}"]
@@ -293,16 +297,20 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     Numbers are rounded for reading and eps written as people read them; report.json keeps the
     exact floats.
     """
-    lines = [f"model {report['model']['sha256'][:12]} on {report['dataset']['n_samples']} samples "
+    lines = [f"model {report['model']['sha256'][:12]} on {sample_size_text(report)} "
              f"({report['environment']['device']})"]
     for w in report["dataset"].get("warnings", []):
         lines.append(f"  warning [{w['code']}]: {fmt_text(w['message'])}")
     for name, suite in report["suites"].items():
         lines.append(f"  {name:<12} {suite['status']:<9} {fmt_num(suite['seconds'], 3):>7} s")
-        shown = [f"{metric_label(p, leaf)}={leaf_text(leaf)}" for p, leaf in headline_leaves(name, suite["metrics"])
-                 if leaf.get("value") is not None]
+        headline = [(p, h) for p, h in headline_leaves(name, suite["metrics"]) if h.get("value") is not None]
+        shown = [f"{metric_label(p, h)}={leaf_text(h)}" for p, h in headline]
         for i in range(0, len(shown), 3):
             lines.append("      " + "   ".join(shown[i:i + 3]))
+        for p, h in headline:
+            note = grey_level_note(f"{name}.{p}", h["value"], h.get("unit"))
+            if note:
+                lines.append(f"    note: {note}")
         for w in suite["warnings"]:
             lines.append(f"    warning [{w['code']}]: {fmt_text(w['message'])}")
     baseline = (report.get("audit", {}).get("spec") or {}).get("baseline")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gates import Verdict
-from ..humanize import fmt_eps, fmt_num
+from ..humanize import fmt_eps, fmt_norm, fmt_num, grey_level_note, sample_size_text
 from ..metrics import is_leaf, iter_leaves
 from .gallery import DEFAULT_LIMITS, GalleryLimits, build_gallery
 from .plots import suite_plots
@@ -124,7 +124,9 @@ def headline_rows(name: str, metrics: Mapping[str, Any]) -> list[dict[str, Any]]
             context.append(f"eps {fmt_eps(float(leaf['eps']))}")
         if _number(leaf.get("r")) is not None:
             context.append(f"r {fmt_num(float(leaf['r']))}")
-        rows.append({"path": f"{name}.{path}", "value": _number(leaf.get("value")), "unit": leaf.get("unit"),
+        value, unit = _number(leaf.get("value")), leaf.get("unit")
+        rows.append({"path": f"{name}.{path}", "value": value, "unit": unit, "text": fmt_norm(value, unit),
+                     "note": grey_level_note(f"{name}.{path}", value, unit),
                      "n": leaf.get("n"), "description": str(leaf.get("description", "")),
                      "context": ", ".join(context), "ci95": leaf_interval(leaf, _parent(metrics, path))})
     return rows
@@ -154,11 +156,33 @@ def per_class_table(name: str, metrics: Mapping[str, Any]) -> dict[str, Any] | N
     return {"columns": [t for t, _ in columns], "rows": rows, "total": len(classes)}
 
 
+#: suitability flags (attacks.suitability.flags.<flag>) that the warnings section names whenever an image carries one
+SUITABILITY_WARNED = ("falls_at_every_budget", "falls_at_no_budget", "low_margin")
+
+
 def _warnings(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     found = [{"where": "dataset", **explain(w)} for w in report.get("dataset", {}).get("warnings") or []]
     for name, entry in (report.get("suites") or {}).items():
-        found += [{"where": name, **explain(w)} for w in entry.get("warnings") or []]
+        own = [w for w in entry.get("warnings") or [] if isinstance(w, dict)]
+        found += [{"where": name, **explain(w)} for w in own]
+        found += [{"where": name, **explain(w)} for w in _flag_warnings(entry, {str(w.get("code")) for w in own})]
     return found
+
+
+def _flag_warnings(entry: Mapping[str, Any], have: set[str]) -> list[dict[str, Any]]:
+    """Suitability flags on some images that the suite's warnings do not name (a report from an
+    earlier engine has the counts only): the page never says "None" while they exist."""
+    flags = ((entry.get("metrics") or {}).get("suitability") or {}).get("flags") or {}
+    out = []
+    for code in SUITABILITY_WARNED:
+        leaf = flags.get(code) if isinstance(flags, Mapping) else None
+        if code in have or not isinstance(leaf, Mapping):
+            continue
+        count = _number(leaf.get("value"))
+        if count:
+            out.append({"code": code, "message": f"{fmt_num(count)} of {leaf.get('n')} images are flagged {code} "
+                                                 "(attacks.suitability.flags)", "details": {"images": count}})
+    return out
 
 
 def _verdict(report: Mapping[str, Any]) -> Verdict:
@@ -200,6 +224,7 @@ def report_context(report: Mapping[str, Any], out_dir: Path | None,
     return {"verdict": verdict.value, "verdict_sentence": _verdict_sentence(verdict, gates), "gates": gates,
             "failed": [g for g in gates if not g["passed"]], "warnings": _warnings(report),
             "model": report.get("model") or {}, "dataset": report.get("dataset") or {},
+            "sample_size": sample_size_text(report),
             "environment": report.get("environment") or {}, "audit": report.get("audit") or {},
             "suites": suites, "gallery": build_gallery(suites_in, out_dir, limits),
             "engine_version": __version__, "schema_version": report.get("schema_version")}
