@@ -30,7 +30,8 @@ class ErrorSchema(Schema):
 
 GATE_DOC = "'SUITE.METRIC OP NUMBER' (e.g. 'clean.top1 >= 0.9') or {metric, op, threshold}"
 DATASET_DOC = ("a reference string (builtin:digits, imagefolder:<path>, torchvision:<Name>:<root>[:split], "
-               "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes}")
+               "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes, label_sets} "
+               "(label_sets: a JSON file of valid labels per sample under the data roots)")
 
 
 def audit_request_schema() -> type[Schema]:

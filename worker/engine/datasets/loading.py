@@ -61,6 +61,21 @@ def load_samples(ref: DatasetRef, *, roots: DataRoots | None = None,
                      label_sets=sample_label_sets(positions, labels, hot=catalog.label_sets, listed=listed))
 
 
+def check_reference_paths(ref: DatasetRef, roots: DataRoots, *, where: str = "dataset") -> None:
+    """Every path a reference names (``path``, ``root``, ``label_sets``) resolves to something that exists
+    inside the data roots; nothing is read. ``where`` prefixes the message of a reference other than
+    the audit's own (``suites.shift.dataset``)."""
+    for path in (ref.path, ref.root, ref.label_sets):
+        if path is None:
+            continue
+        try:
+            roots.resolve(path)
+        except DatasetError as exc:
+            if where == "dataset":
+                raise
+            raise type(exc)(f"{where}: {exc.message}", **{**exc.details, "field": where}) from None
+
+
 def _check_catalog(catalog: Catalog, num_classes: int | None) -> None:
     count = len(catalog.class_names)
     if num_classes is not None and count > num_classes:

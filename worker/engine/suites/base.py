@@ -136,6 +136,9 @@ class Suite(ABC):
     demo_params: ClassVar[dict[str, Any]] = {}
     #: metric paths (fnmatch patterns) a person sees first in a summary.
     headline: ClassVar[tuple[str, ...]] = ()
+    #: parameters that hold a dataset reference of their own (validated to its object form, or null);
+    #: the service confines their paths to the data roots like the audit's dataset
+    dataset_params: ClassVar[tuple[str, ...]] = ()
 
     def validate_params(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validated parameters with defaults; raise SpecError. Override to add cross-field checks."""

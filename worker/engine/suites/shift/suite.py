@@ -48,6 +48,7 @@ class ShiftSuite(Suite):
                    "drop from the audit's dataset to a second one, naive and reweighted to the reference's "
                    "distribution of predictive uncertainty, with accuracy per uncertainty bin on both.")
     headline = ("drop", "controlled_drop", "accuracy.*")
+    dataset_params = ("dataset",)
     params = ParamSchema((
         Param("dataset", ParamKind.JSON, None, "the second dataset: a reference in the string or object form of "
               "the audit's dataset (required; its own n_samples and seed, default 100 and 0; over the API its "
