@@ -56,7 +56,7 @@ def read_label_sets_file(shown: str, roots: DataRoots, *, item_ids: Mapping[str,
     real = roots.resolve(shown)
     if not real.is_file():  # a FIFO or a device would block or never end
         raise DatasetError(f"label_sets {shown!r} is not a regular file", path=shown)
-    raw = read_json(real, what=f"label_sets {shown!r}", error=DatasetError, max_depth=MAX_LABEL_SETS_DEPTH,
+    raw = read_json(real, what="label_sets file", error=DatasetError, max_depth=MAX_LABEL_SETS_DEPTH,
                     max_bytes=MAX_LABEL_SETS_BYTES)
     if not isinstance(raw, dict):
         raise DatasetError(f"label_sets {shown!r} must be a JSON object {{item id: [class, ...]}}, "
