@@ -34,6 +34,8 @@ FLAG_WORDS: dict[str, str] = {
     "generator_seeds_rejected": "The model recognised few of the generator's images, so the generator-layer "
                                 "numbers rest on few seeds.",
     "fragile_region_too_small": "Some region sizes were too small for some images and were skipped there.",
+    "shift_empty_bins": "The second dataset has no images at some levels of uncertainty: the controlled drop "
+                        "compares the two sets on the other levels only.",
 }
 
 #: gate status -> how the page names it
