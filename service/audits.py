@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from worker.engine.card import ModelCard
 from worker.engine.compare import compare_reports
-from worker.engine.datasets import DataRoots
+from worker.engine.datasets import DataRoots, check_reference_paths
 from worker.engine.errors import SpecError
 from worker.engine.gates import check_placeholder_gates
-from worker.engine.spec import AuditSpec
+from worker.engine.spec import AuditSpec, dataset_references
 
 from .lifecycle import cancel
 from .sandboxing import input_name
@@ -129,7 +129,8 @@ def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots,
     """The validated, normalised request; raises the engine's input errors (a 422) when it is wrong.
 
     Everything that can be checked without running is checked here: suite names and
-    parameters, dataset reference, that its path lies under the data roots and exists, gate
+    parameters, dataset references (the audit's and a suite's own, such as shift's second
+    dataset), that their paths (label sets included) lie under the data roots and exist, gate
     metric paths and class names in gates, and that model references are the tenant's
     registered models (``lookup``: the tenant's models by id). No model is loaded: that
     happens in the sandbox, when the audit runs.
@@ -143,9 +144,8 @@ def build_request(body: Mapping[str, Any], model: Model, roots: DataRoots,
         raw["suites"] = with_model_files(raw["suites"], models)
     spec = AuditSpec.from_dict({**raw, "model": input_name(model), "card": model.card})
     check_placeholder_gates(spec, ModelCard.from_dict(model.card))
-    for path in (spec.dataset.path, spec.dataset.root):
-        if path is not None:
-            roots.resolve(path)
+    for where, ref in dataset_references(spec):  # the audit's dataset and a suite's own (shift)
+        check_reference_paths(ref, roots, where=where)
     full = spec.to_dict()
     request = {k: full[k] for k in REQUEST_KEYS}
     request["suites"] = without_model_files(request["suites"])

@@ -1,6 +1,7 @@
 """``make demo``: start the embedded service, audit the demo model with every registered suite
-(each at its ``demo_params``) on builtin:digits, show progress, print the verdict and where
-report.json, report.html and the artifacts are (all in ``--out``), stop the service.
+(each at its ``demo_params``; the shift suite's second dataset is 50 images of the digits train
+split) on builtin:digits, show progress, print the verdict and where report.json, report.html and
+the artifacts are (all in ``--out``), stop the service.
 
 Progress is a bar on a terminal and one line per step otherwise (no carriage returns in a log).
 

@@ -34,7 +34,8 @@ SCHEDULE_GATES = "a schedule needs at least one gate: its runs would have nothin
 VERDICT_DOC = ("once succeeded: pass (every gate passed), fail (a gate did not pass) or none (no gates were set, "
                "so nothing was judged; not a pass); null before")
 DATASET_DOC = ("a reference string (builtin:digits, imagefolder:<path>, torchvision:<Name>:<root>[:split], "
-               "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes}")
+               "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes, label_sets} "
+               "(label_sets: a JSON file of valid labels per sample under the data roots)")
 
 
 def audit_request_schema() -> type[Schema]:

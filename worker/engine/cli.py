@@ -129,6 +129,8 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
                                                  "them, with a warning)")
     p.add_argument("--seed", type=int, help="seed for sampling and every suite (default 0)")
     p.add_argument("--classes", nargs="+", help="restrict to these class names")
+    p.add_argument("--label-sets", metavar="JSON", help="valid labels per sample, {sample id: [class, ...]}, a file "
+                                                        "under the data roots (multi-label accuracy)")
     p.add_argument("--suite", action="append", default=[], help="suite to run (repeatable); clean always runs")
     p.add_argument("--set", action="append", default=[], metavar="SUITE.PARAM=JSON",
                    help="a suite parameter, e.g. --set clean.ece_bins=10 (value is JSON)")
@@ -187,7 +189,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         dataset = _dataset_object(dataset)
     elif not isinstance(dataset, dict):
         raise SpecError("'dataset' must be a reference string or object")
-    for key, value in (("n_samples", args.n_samples), ("seed", args.seed), ("classes", args.classes)):
+    for key, value in (("n_samples", args.n_samples), ("seed", args.seed), ("classes", args.classes),
+                       ("label_sets", getattr(args, "label_sets", None))):
         if value is not None:
             dataset = {**dataset, key: value}
     raw["dataset"] = dataset

@@ -64,6 +64,8 @@ def align_labels(samples: SampleSet, card: ModelCard) -> list[dict[str, Any]]:
     if set(data_names) <= set(model_names):
         index = torch.tensor([model_names.index(n) for n in data_names], dtype=torch.long)
         samples.labels = index[samples.labels]
+        if samples.label_sets is not None:  # the same classes as the labels: re-indexed alike
+            samples.label_sets = [tuple(sorted(int(index[c]) for c in s)) for s in samples.label_sets]
         samples.class_names = model_names
         return []
     samples.class_names = model_names
@@ -93,10 +95,27 @@ def prepare_inputs(spec: AuditSpec, classifier: Classifier, samples: SampleSet,
                    warnings: list[dict[str, Any]] | None = None) -> AuditInputs:
     """The checks every audit makes once its model and samples are in hand (file-based or in memory)."""
     check_placeholder_gates(spec, classifier.card)
+    check_multilabel_gates(spec, samples)
     found = list(warnings or []) + align_labels(samples, classifier.card)
     for name, params in spec.suites.items():
         get_suite(name).check_inputs(params, samples, classifier)
     return AuditInputs(classifier, samples, found)
+
+
+#: the metric subtree that exists only when the dataset carries label sets
+MULTILABEL = "multilabel"
+
+
+def check_multilabel_gates(spec: AuditSpec, samples: SampleSet) -> None:
+    """A gate on a multi-label metric (``clean.multilabel.top1``) needs a dataset with label sets:
+    refused before anything runs, rather than failing at the end for a metric never produced."""
+    if samples.label_sets is not None:
+        return
+    for gate in spec.gates:
+        if gate.path.split(".")[0] == MULTILABEL:
+            raise SpecError(f"gate '{gate}' names a multi-label metric, but the dataset carries no label sets "
+                            "(an npz 'label_sets' array or a 'label_sets' file in the dataset reference)",
+                            gate=gate.metric)
 
 
 #: what an audit writes in its output folder, and nothing else is removed before a new one
@@ -191,7 +210,7 @@ def suite_context(ctx: SuiteContext, suite: str, index: int = 0, count: int = 1)
         if outer is not None:
             outer(s, (index + f) / count)
 
-    return replace(ctx, suite=suite, on_progress=scaled if count > 1 else outer)
+    return replace(ctx, suite=suite, on_progress=scaled if count > 1 else outer, shard=index, shards=count)
 
 
 def _run_shard(shard: Shard, ctx: SuiteContext, checkpoints: Checkpoints | None) -> Partial:
@@ -286,7 +305,7 @@ def run_audit(spec: AuditSpec, out_dir: str | Path, *, on_progress: ProgressFn |
     started = utc_now()
     inputs = inputs or resolve_inputs(spec, roots)  # check_inputs: once per suite in this process
     ctx = SuiteContext(classifier=inputs.classifier, artifacts=ArtifactStore(out / "artifacts"),
-                       seed=spec.seed, on_progress=on_progress, should_stop=should_stop)
+                       seed=spec.seed, on_progress=on_progress, should_stop=should_stop, roots=roots)
     plan = plan_audit(spec, inputs.samples, shard_count(len(inputs.samples), shards, shard_size))
     partials: dict[str, Partial] = {}
     seconds: dict[str, float] = dict.fromkeys(spec.suites, 0.0)

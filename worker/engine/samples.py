@@ -47,6 +47,9 @@ class SampleSet:
         reference: the dataset reference the sample was drawn from (for the report).
         whole: the audit's whole sample when this set is a shard of it (set by :meth:`subset`);
             None: this set is the whole sample.
+        label_sets: per sample, the sorted class indices valid for it (multi-label accuracy; an
+            empty tuple: no valid class), in the same index space as ``labels``; None when the
+            dataset carries no label sets.
     """
 
     images: list[torch.Tensor]
@@ -55,10 +58,13 @@ class SampleSet:
     class_names: list[str]
     reference: dict = field(default_factory=dict)
     whole: Population | None = None
+    label_sets: list[tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.images) == len(self.ids) == int(self.labels.numel())):
             raise ValueError("images, labels and ids must have the same length")
+        if self.label_sets is not None and len(self.label_sets) != len(self.images):
+            raise ValueError("label_sets must have one entry per sample")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -81,7 +87,8 @@ class SampleSet:
                          labels=self.labels[torch.as_tensor(idx, dtype=torch.long)] if idx
                          else self.labels[:0],
                          ids=[self.ids[i] for i in idx], class_names=list(self.class_names),
-                         reference=dict(self.reference), whole=self.population)
+                         reference=dict(self.reference), whole=self.population,
+                         label_sets=None if self.label_sets is None else [self.label_sets[i] for i in idx])
 
     def shards(self, count: int) -> list[SampleSet]:
         """Split into ``count`` contiguous shards of near-equal size (none empty)."""

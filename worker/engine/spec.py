@@ -134,3 +134,20 @@ def validate_suites(raw: Any) -> dict[str, dict[str, Any]]:
 def metric_catalog(suites: Mapping[str, dict[str, Any]]) -> dict[str, list[str]]:
     """Suite name -> the metric path patterns it will produce with these parameters."""
     return {name: get_suite(name).metric_paths(params) for name, params in suites.items()}
+
+
+def dataset_references(spec: AuditSpec) -> list[tuple[str, DatasetRef]]:
+    """Every dataset the spec reads, with where it is named: ``("dataset", the audit's)``, then each
+    suite's dataset parameters (``("suites.shift.dataset", ...)``, :attr:`Suite.dataset_params`).
+
+    Raises:
+        SpecError: a requested suite leaves a dataset parameter it needs unset.
+    """
+    found = [("dataset", spec.dataset)]
+    for name, params in spec.suites.items():
+        for key in SUITES[name].dataset_params:
+            where = f"suites.{name}.{key}"
+            if params.get(key) is None:
+                raise SpecError(f"{where}: suite {name!r} needs a dataset reference here", errors={where: "required"})
+            found.append((where, DatasetRef.parse(params[key])))
+    return found

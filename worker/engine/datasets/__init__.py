@@ -4,7 +4,7 @@
     samples = load_samples(ref, roots=DataRoots.from_env(), num_classes=card.num_classes)
 """
 
-from .loading import load_samples
+from .loading import check_reference_paths, load_samples
 from .reference import BUILTIN_SPLITS, TORCHVISION_SPLITS, DatasetKind, DatasetRef
 from .roots import DataRoots
 from .sampling import allocate, resolve_classes, stratified_indices
@@ -17,6 +17,7 @@ __all__ = [
     "DatasetKind",
     "DatasetRef",
     "allocate",
+    "check_reference_paths",
     "digits_split",
     "digits_tensors",
     "load_samples",

@@ -7,6 +7,7 @@ import torch
 from ..errors import DatasetError
 from ..samples import SampleSet
 from .images import unify_channels
+from .label_sets import read_label_sets_file, sample_label_sets
 from .reference import DatasetRef
 from .roots import DataRoots
 from .sampling import resolve_classes, stratified_indices
@@ -14,13 +15,16 @@ from .sources import SOURCES, Catalog
 
 
 def load_samples(ref: DatasetRef, *, roots: DataRoots | None = None,
-                 num_classes: int | None = None) -> SampleSet:
+                 num_classes: int | None = None, part: tuple[int, int] | None = None) -> SampleSet:
     """Draw the seeded, stratified sample a reference names.
 
     Args:
         ref: a validated reference (see :meth:`DatasetRef.parse`).
         roots: where paths may lead; :meth:`DataRoots.from_env` when None.
         num_classes: the model's class count; a dataset with more classes is refused.
+        part: ``(i, k)``: only the i-th of k contiguous slices of the drawn sample is decoded and
+            returned (the rule of :meth:`SampleSet.shards`, but a slice may be empty), so that
+            k shards together hold the whole draw exactly once.
 
     Returns:
         a :class:`SampleSet` of float32 C x H x W images in [0, 1] at native resolution.
@@ -31,16 +35,45 @@ def load_samples(ref: DatasetRef, *, roots: DataRoots | None = None,
     """
     if not isinstance(ref, DatasetRef):
         raise TypeError(f"load_samples takes a DatasetRef (use DatasetRef.parse), got {type(ref).__name__}")
-    source = SOURCES[ref.kind](ref, roots if roots is not None else DataRoots.from_env())
+    roots = roots if roots is not None else DataRoots.from_env()
+    source = SOURCES[ref.kind](ref, roots)
     catalog = source.catalog()
     _check_catalog(catalog, num_classes)
+    listed = None
+    if ref.label_sets is not None:
+        if catalog.label_sets is not None:
+            raise DatasetError("the npz archive carries 'label_sets' and the reference names a label_sets file "
+                               "as well: give the label sets once", key="label_sets")
+        ids = {source.item_id(i): i for i in range(int(catalog.labels.numel()))}
+        listed = read_label_sets_file(ref.label_sets, roots, item_ids=ids, class_names=catalog.class_names)
     wanted = resolve_classes(ref.classes, catalog.class_names)
     idx = stratified_indices(catalog.labels, ref.n_samples, ref.seed, classes=wanted)
+    if part is not None:
+        i, k = part
+        if not 0 <= i < k:
+            raise ValueError(f"part must be (i, k) with 0 <= i < k, got {part}")
+        idx = idx[round(i * idx.numel() / k):round((i + 1) * idx.numel() / k)]
     positions = [int(i) for i in idx]
+    labels = catalog.labels[idx].clone()
     images = unify_channels(source.fetch(positions))
-    return SampleSet(images=images, labels=catalog.labels[idx].clone(),
-                     ids=[source.item_id(i) for i in positions],
-                     class_names=list(catalog.class_names), reference=ref.to_dict())
+    return SampleSet(images=images, labels=labels, ids=[source.item_id(i) for i in positions],
+                     class_names=list(catalog.class_names), reference=ref.to_dict(),
+                     label_sets=sample_label_sets(positions, labels, hot=catalog.label_sets, listed=listed))
+
+
+def check_reference_paths(ref: DatasetRef, roots: DataRoots, *, where: str = "dataset") -> None:
+    """Every path a reference names (``path``, ``root``, ``label_sets``) resolves to something that exists
+    inside the data roots; nothing is read. ``where`` prefixes the message of a reference other than
+    the audit's own (``suites.shift.dataset``)."""
+    for path in (ref.path, ref.root, ref.label_sets):
+        if path is None:
+            continue
+        try:
+            roots.resolve(path)
+        except DatasetError as exc:
+            if where == "dataset":
+                raise
+            raise type(exc)(f"{where}: {exc.message}", **{**exc.details, "field": where}) from None
 
 
 def _check_catalog(catalog: Catalog, num_classes: int | None) -> None:

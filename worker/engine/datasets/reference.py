@@ -11,6 +11,9 @@ Two forms name the same :class:`DatasetRef`:
 
     builtin:digits[:split]  imagefolder:<path>  torchvision:<Name>:<root>[:split]  npz:<path>
 
+Any kind may name ``label_sets`` (object form only): a JSON file of valid labels per item
+(:mod:`.label_sets`), under the data roots like every path.
+
 Validation lives here and only here; every problem is a :class:`DatasetError` whose message
 names the offending key and what it accepts.
 """
@@ -53,6 +56,8 @@ TORCHVISION_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 _SAMPLING_KEYS = ("n_samples", "seed", "classes")
+#: keys every kind takes besides its own
+_COMMON_KEYS = ("label_sets",)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class _KindSpec:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return ("kind", *self.required, *self.optional, *_SAMPLING_KEYS)
+        return ("kind", *self.required, *self.optional, *_COMMON_KEYS, *_SAMPLING_KEYS)
 
 
 _KIND_SPECS: dict[DatasetKind, _KindSpec] = {
@@ -72,7 +77,7 @@ _KIND_SPECS: dict[DatasetKind, _KindSpec] = {
     DatasetKind.NPZ: _KindSpec(required=("path",)),
 }
 
-_ALL_KEYS = ("kind", "name", "path", "root", "split", *_SAMPLING_KEYS)
+_ALL_KEYS = ("kind", "name", "path", "root", "split", *_COMMON_KEYS, *_SAMPLING_KEYS)
 
 STRING_FORMS = ("builtin:digits[:split]", "imagefolder:<path>",
                 "torchvision:<Name>:<root>[:split]", "npz:<path>")
@@ -95,6 +100,8 @@ class DatasetRef:
         n_samples: how many images to draw (>= 1); all of them when the set is smaller.
         seed: seed of the stratified draw.
         classes: optional class names or indices to restrict the draw to.
+        label_sets: optional JSON file of valid labels per item (multi-label accuracy), a path
+            under the data roots like ``path``.
     """
 
     kind: DatasetKind
@@ -105,6 +112,7 @@ class DatasetRef:
     n_samples: int = DEFAULT_N_SAMPLES
     seed: int = DEFAULT_SEED
     classes: tuple[str | int, ...] | None = field(default=None)
+    label_sets: str | None = None
 
     def __post_init__(self) -> None:
         kind = _coerce_kind(self.kind)
@@ -121,6 +129,9 @@ class DatasetRef:
             if not isinstance(value, str) or not value:
                 raise DatasetError(f"dataset reference '{key}' must be a non-empty string, got {value!r}",
                                    key=key)
+        if self.label_sets is not None and (not isinstance(self.label_sets, str) or not self.label_sets):
+            raise DatasetError(f"dataset reference 'label_sets' must be the path of a JSON file, got "
+                               f"{self.label_sets!r}", key="label_sets")
         for key in spec.required:
             if getattr(self, key) is None:
                 raise DatasetError(f"dataset reference of kind '{kind.value}' needs '{key}'", key=key)
@@ -181,6 +192,8 @@ class DatasetRef:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.label_sets is not None:
+            out["label_sets"] = self.label_sets
         out["n_samples"] = self.n_samples
         out["seed"] = self.seed
         if self.classes is not None:
@@ -188,7 +201,7 @@ class DatasetRef:
         return out
 
     def __str__(self) -> str:
-        """The short string form (without the sampling settings)."""
+        """The short string form (without the sampling settings and label sets)."""
         parts = {
             DatasetKind.BUILTIN: [self.name, self.split],
             DatasetKind.IMAGEFOLDER: [self.path],

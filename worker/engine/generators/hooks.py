@@ -58,7 +58,7 @@ class Shift:
 
 @contextmanager
 def perturb(model: nn.Module, name: str, known: tuple[str, ...]) -> Iterator[Shift]:
-    """Inside the block, the layer's output is replaced by output + shift.delta."""
+    """Inside the block, the layer's output is replaced by output plus the shift's ``delta``."""
     shift = Shift()
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> torch.Tensor:

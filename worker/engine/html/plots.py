@@ -303,6 +303,59 @@ def modify_mimic(entry: Mapping[str, Any]) -> Plot | None:
 def _attempts(leaf: Any) -> int:
     n = leaf.get("n") if isinstance(leaf, Mapping) else None
     return int(n) if isinstance(n, int) and not isinstance(n, bool) else 0
+def shift_accuracy(entry: Mapping[str, Any]) -> Plot | None:
+    """Accuracy per uncertainty bin on both datasets (with 95% intervals), over the share of each set
+    in each bin: where the second set holds more uncertain images, the naive drop overstates."""
+    bins = entry.get("metrics", {}).get("bins")
+    if not isinstance(bins, Mapping) or not bins:
+        return None
+    keys = sorted((k for k, v in bins.items() if isinstance(v, Mapping) and k.isdigit()), key=int)
+    if not keys:
+        return None
+    fig = _figure(6.2, 4.0)
+    ax = fig.subplots()
+    share_ax = ax.twinx()
+    xs = [float(k) for k in keys]
+    totals = {}
+    for side, colour, offset in (("reference", "#1f4e79", -0.2), ("other", "#c0504d", 0.2)):
+        counts = [_value(bins[k].get(f"count_{side}")) for k in keys]
+        total = sum(c for c in counts if math.isfinite(c))
+        totals[side] = int(total)
+        share_ax.bar([x + offset for x in xs], [c / total if total else 0.0 for c in counts], width=0.38,
+                     color=colour, alpha=0.15)
+        leaves = [bins[k].get(side) or {} for k in keys]
+        _errorbar(ax, xs, [_value(leaf) for leaf in leaves], [_ci(leaf) for leaf in leaves], color=colour,
+                  label=f"{'reference' if side == 'reference' else 'second dataset'} (bars: share of its images)")
+    measure = "entropy" if (entry.get("metadata") or {}).get("uncertainty") == "entropy" else "1 - max softmax"
+    ticks = [_span_label((bins[k].get("reference") or {}).get("uncertainty")) for k in keys]
+    ax.set_xticks(xs, ticks, parse_math=False, rotation=30, fontsize=7)
+    ax.set_xlabel(f"uncertainty bin ({measure}; fixed on the reference, most certain first)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    share_ax.set_ylabel("share of the set's images")
+    share_ax.set_ylim(0, 1)
+    ax.set_zorder(share_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    title = (f"Accuracy against uncertainty (n = {totals.get('reference', 0)} reference, "
+             f"{totals.get('other', 0)} second dataset)")
+    ax.set_title(title, fontsize=9)
+    return Plot(title, _png(fig), "accuracy per uncertainty bin on the reference and the second dataset, with 95% "
+                "intervals, over bars of each set's share of images per bin", ticks=ticks)
+
+
+def _span_label(span: Any) -> str:
+    if not isinstance(span, (list, tuple)) or len(span) != 2:
+        return "?"
+    low, high = (fmt_num(float(v), 2) if isinstance(v, (int, float)) else None for v in span)
+    if low is None and high is None:
+        return "all"
+    if low is None:
+        return f"<= {high}"
+    if high is None:
+        return f"> {low}"
+    return f"{low}-{high}"
 
 
 def suite_plots(name: str, entry: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) -> list[Plot]:
@@ -311,5 +364,6 @@ def suite_plots(name: str, entry: Mapping[str, Any], gates: Sequence[Mapping[str
         "attacks": (lambda: robust_accuracy(entry, gates), lambda: modify_mimic(entry)),
         "perturbation": (lambda: corruption_heatmap(entry), lambda: generator_layers(entry)),
         "fragile": (lambda: fri_rates(entry),),
+        "shift": (lambda: shift_accuracy(entry),),
     }.get(name, ())
     return [p for p in (make() for make in makers) if p is not None]

@@ -45,6 +45,8 @@ FLAG_WORDS: dict[str, str] = {
                                 "classes present: each class then has a modify and a mimic rate.",
     "targeted_few_attempts": "The targeted study has too few attempts per class for a rank correlation or a "
                              "plot; those were left out rather than drawn from one or two attempts.",
+    "shift_empty_bins": "The second dataset has no images at some levels of uncertainty: the controlled drop "
+                        "compares the two sets on the other levels only.",
 }
 
 #: gate status -> how the page names it

@@ -7,12 +7,14 @@ from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
 from .fragile import FragileSuite
 from .perturbation.suite import PerturbationSuite
+from .shift import ShiftSuite
 
 SUITES: dict[str, type[Suite]] = {
     CleanSuite.name: CleanSuite,
     FragileSuite.name: FragileSuite,
     AttacksSuite.name: AttacksSuite,
     PerturbationSuite.name: PerturbationSuite,
+    ShiftSuite.name: ShiftSuite,
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..classifier import Classifier
+from ..datasets.roots import DataRoots
 from ..errors import AuditCancelled
 from ..params import ParamSchema
 from ..samples import SampleSet
@@ -88,6 +89,10 @@ class SuiteContext:
             sample id to its clean prediction record.
         on_progress: called with (suite, fraction done).
         should_stop: polled at batch boundaries; True cancels the audit.
+        roots: the data roots a suite that reads a dataset of its own must stay in (the shift
+            suite's second dataset); None: :meth:`DataRoots.from_env`, as for the audit's dataset.
+        shard, shards: which shard of the suite this context runs (the runner sets them), so that
+            a suite can split work of its own the same way (the shift suite's second dataset).
     """
 
     classifier: Classifier
@@ -97,6 +102,9 @@ class SuiteContext:
     on_progress: ProgressFn | None = None
     should_stop: Callable[[], bool] | None = None
     suite: str = ""
+    roots: DataRoots | None = None
+    shard: int = 0
+    shards: int = 1
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +136,9 @@ class Suite(ABC):
     demo_params: ClassVar[dict[str, Any]] = {}
     #: metric paths (fnmatch patterns) a person sees first in a summary.
     headline: ClassVar[tuple[str, ...]] = ()
+    #: parameters that hold a dataset reference of their own (validated to its object form, or null);
+    #: the service confines their paths to the data roots like the audit's dataset
+    dataset_params: ClassVar[tuple[str, ...]] = ()
 
     def validate_params(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validated parameters with defaults; raise SpecError. Override to add cross-field checks."""

@@ -1,7 +1,8 @@
 """Suite ``clean`` (docs/suites/clean.md): accuracy and calibration on the unmodified images.
 
 Its per-sample records (prediction, top-k, confidence, margin) are published as
-``ctx.shared["clean"]`` for the other suites.
+``ctx.shared["clean"]`` for the other suites. When the dataset carries label sets, each record
+also holds the sample's set and its multi-label outcomes (:mod:`.multilabel`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..metrics import Unit, metric, proportion
 from ..params import Param, ParamKind, ParamSchema
 from ..samples import SampleSet
 from .base import Partial, Suite, SuiteContext, SuiteResult, Warning_
+from .multilabel import MULTILABEL_PATHS, multilabel_metrics, multilabel_records
 
 
 class CleanSuite(Suite):
@@ -30,7 +32,7 @@ class CleanSuite(Suite):
     ))
 
     def metric_paths(self, params: dict[str, Any]) -> list[str]:
-        return ["top1", "top5", "mean_confidence", "ece", "nll", "per_class.{class}"]
+        return ["top1", "top5", "mean_confidence", "ece", "nll", "per_class.{class}", *MULTILABEL_PATHS]
 
     def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:
         clf = ctx.classifier
@@ -64,6 +66,9 @@ class CleanSuite(Suite):
                 samples.ids, labels.tolist(), pred.tolist(), correct.tolist(), in_topk.tolist(), conf.tolist(),
                 true_p.tolist(), margin.tolist(), nll.tolist(), topk.tolist())
         }
+        if samples.label_sets is not None:
+            for sid, extra in zip(samples.ids, multilabel_records(probs, pred, samples.label_sets)):
+                records[sid].update(extra)
         # Only per-sample values: every aggregate is computed once, in finalize, with exactly
         # rounded sums, so any split of the samples gives bit-identical metrics.
         return {"k": k, "samples": records}
@@ -93,6 +98,8 @@ class CleanSuite(Suite):
                 for c, hits in sorted(_by_class(records).items())
             },
         }
+        if records and "label_set" in records[0]:
+            metrics["multilabel"] = multilabel_metrics(records)
         warnings = []
         top1 = metrics["top1"]["value"]
         chance = 1.0 / ctx.classifier.num_classes

@@ -24,10 +24,13 @@ class Catalog:
     Args:
         labels: int64, one label per item; item ``i`` is what ``fetch([i])`` decodes.
         class_names: one name per class, index = label.
+        label_sets: optional N x number-of-classes bool multi-hot of the classes valid for each
+            item (an npz archive's ``label_sets``); None when the source has none.
     """
 
     labels: torch.Tensor
     class_names: list[str]
+    label_sets: torch.Tensor | None = None
 
 
 class Source(ABC):

@@ -2,7 +2,9 @@
 
 ``images``: N x H x W or N x H x W x C (C in 1, 3), uint8 or float in [0, 1].
 ``labels``: N integers in [0, number of classes). ``class_names``: strings; without it the
-classes are named "0".."max label". Read with ``allow_pickle=False``: object arrays are refused.
+classes are named "0".."max label". ``label_sets``: optional N x number-of-classes multi-hot
+(bool or uint8) of the classes valid for each item (:mod:`..label_sets`). Read with
+``allow_pickle=False``: object arrays are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from ...errors import DatasetError
 from ..images import array_to_tensor
+from ..label_sets import multi_hot_sets
 from .base import Catalog, Source
 
 if TYPE_CHECKING:
@@ -42,12 +45,16 @@ class NpzSource(Source):
                 images = archive["images"]
                 labels = archive["labels"]
                 names = archive["class_names"] if "class_names" in archive.files else None
+                hot = archive["label_sets"] if "label_sets" in archive.files else None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DatasetError(f"npz {shown!r} cannot be read: {exc}", path=shown) from None
         self._images = _check_images(images, shown)
         label_t = _check_labels(labels, len(self._images), shown)
         class_names = _class_names(names, label_t, shown)
-        return Catalog(labels=label_t, class_names=class_names)
+        if hot is None:
+            return Catalog(labels=label_t, class_names=class_names)
+        sets, class_names = multi_hot_sets(hot, label_t, class_names, names_given=names is not None, shown=shown)
+        return Catalog(labels=label_t, class_names=class_names, label_sets=sets)
 
     def fetch(self, indices: Sequence[int]) -> list[torch.Tensor]:
         return [array_to_tensor(self._images[i], shown=self.item_id(i)) for i in indices]

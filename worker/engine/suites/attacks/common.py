@@ -97,7 +97,9 @@ class Sanity:
 class Sample:
     """One sample's facts in the attacks suite: the clean outcome, the sanity facts, whether EoT
     ran, the untargeted outcome per norm (robustness.py writes it), and each part's own record
-    by part name. The partial holds :meth:`to_json` (parts apart, under ``partial["parts"]``)."""
+    by part name. The partial holds :meth:`to_json` (parts apart, under ``partial["parts"]``).
+    With multi-label success (multilabel.py): ``label_set``, the sample's valid classes, and
+    ``multilabel``, the outcome of the run away from a valid clean class other than the label."""
 
     id: str
     label: int
@@ -108,17 +110,25 @@ class Sample:
     eot: bool = False
     attacks: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, Any] = field(default_factory=dict)
+    label_set: list[int] | None = None
+    multilabel: dict[str, Any] | None = None
 
     def to_json(self) -> Record:
-        return {"id": self.id, "label": self.label, "correct": self.correct, "margin": self.margin,
-                "topk": list(self.topk), "sanity": self.sanity.to_json(), "eot": self.eot, "attacks": self.attacks}
+        out = {"id": self.id, "label": self.label, "correct": self.correct, "margin": self.margin,
+               "topk": list(self.topk), "sanity": self.sanity.to_json(), "eot": self.eot, "attacks": self.attacks}
+        if self.label_set is not None:  # only with multi-label success: the single-label partial is unchanged
+            out["label_set"] = list(self.label_set)
+            out["multilabel"] = self.multilabel
+        return out
 
     @classmethod
     def from_json(cls, data: Record, parts: dict[str, Any] | None = None) -> Sample:
+        label_set = data.get("label_set")
         return cls(id=data["id"], label=int(data["label"]), correct=bool(data["correct"]),
                    margin=float(data["margin"]), topk=[int(t) for t in data["topk"]],
                    sanity=Sanity.from_json(data["sanity"]), eot=bool(data["eot"]), attacks=data["attacks"],
-                   parts=dict(parts or {}))
+                   parts=dict(parts or {}), label_set=None if label_set is None else [int(c) for c in label_set],
+                   multilabel=data.get("multilabel"))
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ CORE = ParamSchema((
           "is flagged as low-margin", minimum=0.0, maximum=1.0),
     Param("batch_size", ParamKind.INT, None, "images per attack batch (null: the model's automatic size)",
           minimum=1, maximum=65_536, nullable=True),
+    Param("multilabel_success", ParamKind.BOOL, None, "with label sets: an adversarial whose class is another "
+          "valid label of the image is not a success (robust accuracy is reported both ways, the multi-label "
+          "one under multilabel.*); null: on when the dataset carries label sets", nullable=True),
 ))
 
 

@@ -72,8 +72,8 @@ def merge_costs(a: CostTable, b: CostTable) -> CostTable:
 
 
 def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
-                   params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None
-                   ) -> tuple[dict[str, Record], CostTable]:
+                   params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None,
+                   label_sets: Mapping[str, frozenset[int]] | None = None) -> tuple[dict[str, Record], CostTable]:
     """Per sample and norm: success per attack and budget, worst-case adversarial class per budget,
     and the minimal perturbation; and the cost per norm and attack. Samples not attacked (clean
     mistakes) get ``None`` entries.
@@ -84,6 +84,11 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     grouped by how many of the sorted budgets they still hold, one attack call per group.
     With ``eot`` the attacks see the model through :class:`EoT` and every success is judged again
     by a majority of passes.
+
+    With ``label_sets`` (sample id -> its valid classes: multi-label success) a sample stays in the
+    cascade at a budget while every adversarial found there is of a valid class, so the later
+    attacks get their chance to leave the set; and each record keeps every attack's class per
+    budget under ``"preds"``.
     """
     out: dict[str, Record] = {sid: {} for sid in ids}
     idx = attacked.nonzero().squeeze(1)
@@ -154,9 +159,10 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                     if in_set:
                         row: list[bool | None] = [None] * len(eps)
                         cls: list[int | None] = [None] * len(eps)
+                        valid = label_sets[gids[pos + k]] if label_sets is not None else frozenset()
                         for b, c in enumerate(cols):
                             row[c], cls[c] = bool(success[b, k]), int(preds[b, k])
-                            if row[c]:
+                            if row[c] and cls[c] not in valid:
                                 robust[norm][c, m] = False
                         rec["success"][name] = row
                         rec.setdefault("pred", {})[name] = cls
@@ -180,7 +186,9 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                 first = next((a for a in names if rec["success"][a][b]), None)
                 classes.append(rec["pred"][first][b] if first is not None else None)
             rec["adv_class"] = classes
-            rec.pop("pred", None)
+            pred = rec.pop("pred", None)
+            if label_sets is not None:
+                rec["preds"] = pred
     for i in (~attacked).nonzero().squeeze(1).tolist():
         for norm in norms:
             out[ids[i]][norm] = {"success": None, "adv_class": None, "minimal": 0.0, "minimal_found": True}

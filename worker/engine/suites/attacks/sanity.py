@@ -148,7 +148,8 @@ def unreliable_metrics(records: list[Sample], warnings: list[dict[str, Any]], pa
         names = attacks_for(params, norm)
         if not any(gradient_free(a) for a in names):
             continue
-        backed += [f"robust_accuracy.{norm}.{{eps}}", f"suitability.unflagged.robust_accuracy.{norm}.{{eps}}"]
+        backed += [f"robust_accuracy.{norm}.{{eps}}", f"suitability.unflagged.robust_accuracy.{norm}.{{eps}}",
+                   f"multilabel.robust_accuracy.{norm}.{{eps}}"]
         for i, a in enumerate(names):
             upto = names[:i + 1] if params["cascade"] else [a]
             if any(gradient_free(u) for u in upto):

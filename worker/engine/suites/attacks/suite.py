@@ -19,6 +19,7 @@ from ...params import ParamSchema
 from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult
 from ..parts import CompositeMixin, Part, part_params
+from . import multilabel
 from .common import Final, Sample, Shard, in_batches
 from .loss_comparison import LossComparisonPart
 from .misclassification import misclassification_metrics
@@ -59,10 +60,15 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
                    "loss_comparison": {"enabled": True, "steps": 20, "step": 0.02}}
 
     def validate_params(self, raw: Any) -> dict[str, Any]:
-        return self.check_parts(check(super().validate_params(with_set_defaults(raw))))
+        params = self.check_parts(check(super().validate_params(with_set_defaults(raw))))
+        if params[multilabel.KEY] is None:  # the default, left out: without label sets the report is unchanged
+            del params[multilabel.KEY]
+        return params
 
     def check_inputs(self, params: dict[str, Any], samples: SampleSet, classifier: Classifier) -> None:
-        """Masks that select no pixel and a surrogate that does not fit fail before any work."""
+        """Masks that select no pixel, a surrogate that does not fit and multi-label success without
+        label sets fail before any work."""
+        multilabel.check_inputs(params, samples)
         self.check_part_inputs(params, samples, classifier)
 
     def metric_paths(self, params: dict[str, Any]) -> list[str]:
@@ -82,7 +88,7 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         paths += ["suitability.flagged"] + [f"suitability.flags.{f}" for f in
                                             ("misclassified", "low_margin", "falls_at_every_budget",
                                              "falls_at_no_budget")]
-        return paths + self.part_paths(params)
+        return paths + multilabel.metric_paths(params) + self.part_paths(params)
 
     def run(self, ctx: SuiteContext, samples: SampleSet, params: dict[str, Any]) -> Partial:
         clf = ctx.classifier
@@ -112,12 +118,22 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         eot = _eot_for(params["eot"], sum(f.randomised for f in facts), clf)
         for sid in ids:
             records[sid].eot = eot is not None
+        sets = (multilabel.sets_by_id(samples) if multilabel.switched_on(params, samples.label_sets is not None)
+                else None)
         # progress: rough shares of the work (the untargeted core 3 units, each part its own)
         total = CORE_UNITS + self.part_units(params)
+        core = CORE_UNITS if sets is None else CORE_UNITS - 1  # with label sets: a unit for the valid alternatives
         untargeted, cost = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                          lambda f: ctx.progress(CORE_UNITS * f / total), eot)
+                                          lambda f: ctx.progress(core * f / total), eot, label_sets=sets)
         for sid in ids:
             records[sid].attacks = untargeted[sid]
+        if sets is not None:
+            for sid in ids:
+                records[sid].label_set = sorted(sets[sid])
+            extra = multilabel.run_valid_alternatives(clf, x, ids, records, sets, params, ctx.seed,
+                                                      lambda f: ctx.progress((core + f) / total), eot)
+            if extra is not None:
+                cost = merge_costs(cost, extra)
 
         def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
             return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress,
@@ -154,6 +170,9 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         results = self.finalize_parts(final, parts)
         for name, res in results:
             metrics[name] = res.metrics
+        with_sets = bool(records) and records[0].label_set is not None
+        if with_sets:
+            metrics["multilabel"] = multilabel.multilabel_metrics(records, params)
         if n:
             artifacts.append(store.relative(robust_accuracy_plot(store.path(self.name, "robust_accuracy.png"),
                                                                  metrics, params)))
@@ -171,8 +190,11 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
             warnings += res.warnings
             if res.extra:
                 metadata[name] = res.extra
+        if with_sets:
+            metadata[multilabel.KEY] = True
         extra: dict[str, Any] = {"metadata": metadata}
-        unreliable = unreliable_metrics(records, warnings, params, self.metric_paths(params))
+        produced = [p for p in self.metric_paths(params) if with_sets or not p.startswith("multilabel.")]
+        unreliable = unreliable_metrics(records, warnings, params, produced)
         if unreliable is not None:
             extra["unreliable"] = unreliable
         return SuiteResult(metrics=metrics, artifacts=artifacts, warnings=warnings, extra=extra)
