@@ -282,9 +282,12 @@ def run_claimed(config: Config, part: Participation) -> AuditStatus | None:
     except SoftTimeLimitExceeded:
         return _ended(storage, part, lifecycle.fail(store, part, error_body(
             ErrorCode.TIME_LIMIT, f"the audit ran longer than {config.soft_time_limit_s:g} s")), AuditStatus.FAILED)
-    except Exception as exc:
+    except Exception:
+        # the exception's text stays in the worker's log: never in an answer
+        log.exception("audit %s: internal error", audit_id)
         _ended(storage, part, lifecycle.fail(store, part, error_body(
-            ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")), AuditStatus.FAILED)
+            ErrorCode.INTERNAL_ERROR, "the worker failed while it ran the audit; the incident was logged")),
+            AuditStatus.FAILED)
         raise
     if report is None:
         log.info("audit %s: this worker's shards are done; other workers hold the rest", audit_id)

@@ -236,7 +236,7 @@ class AuditArtifact(MethodView):
         svc = services()
         with svc.store.session() as s:
             get_audit(s, audit_id)
-        path = svc.storage.artifact_path(audit_id, name)
-        if path is None:
-            raise ApiError(404, f"audit {audit_id} has no artifact {name!r}")
-        return send_file(path)
+        handle = svc.storage.open_artifact(audit_id, name)
+        if handle is None:
+            raise ApiError(404, f"audit {audit_id} has no artifact {name[:300]!r}")
+        return send_file(handle, download_name=name.rsplit("/", 1)[-1], as_attachment=False)

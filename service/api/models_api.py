@@ -13,10 +13,11 @@ from werkzeug.datastructures import FileStorage
 from ..sandboxing import SandboxRefused
 from ..storage import UploadTooLarge
 from ..store.models import Model, ModelKind
+from ..upload_checks import UploadCheckPool, UploadQueueFull
 from ..uploads import register_model
 from .auth import authenticate, find_owned, owned, tenant
 from .context import services
-from .errors import ApiError
+from .errors import ApiError, retry_after
 from .pages import paginate
 from .schemas import ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
 
@@ -43,10 +44,16 @@ def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
         raise ApiError(422, f"multipart part 'kind' must be one of {[k.value for k in ModelKind]}",
                        code="validation_error", errors={"kind": ["unknown kind"]}) from None
     card_raw = card.read(MAX_CARD_READ) if isinstance(card, FileStorage) else card
+    cfg = svc.config
+    pool = UploadCheckPool(svc.store, slots=cfg.upload_checks, wait_s=cfg.upload_queue_s, check_s=cfg.upload_check_s)
     try:
         with svc.store.session() as s:
             return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=checkpoint.stream,
-                                  filename=checkpoint.filename or "", card_raw=card_raw, kind=kind)
+                                  filename=checkpoint.filename or "", card_raw=card_raw, kind=kind, pool=pool)
+    except UploadQueueFull as exc:
+        raise ApiError(503, f"every upload check slot stayed busy for {exc.waited_s:g} s; nothing was registered",
+                       code="upload_queue_full", headers=retry_after(exc.retry_after_s),
+                       waited_s=exc.waited_s) from None
     except UploadTooLarge:
         raise ApiError(413, f"the checkpoint exceeds ROBUSTAUDIT_MAX_UPLOAD_MB={svc.config.max_upload_mb:g}") from None
     except SandboxRefused as exc:
