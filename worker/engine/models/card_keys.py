@@ -84,7 +84,7 @@ def _transformers() -> Any:
 def _family_keys(config_class: type) -> frozenset[str]:
     """The keys a family's config class defines: its ``__init__`` parameters and what a default
     instance writes to config.json."""
-    params = {name for name, p in inspect.signature(config_class.__init__).parameters.items()
+    params = {name for name, p in inspect.signature(config_class).parameters.items()
               if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"}
     try:
         params |= set(config_class().to_dict())
