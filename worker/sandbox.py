@@ -265,7 +265,8 @@ def bwrap_command(job: SandboxJob, message_fd: int, *, hide: tuple[Path, ...] = 
             cmd += _traversable_parents(path, hidden, made)
         cmd += [how, str(path)] if how == "--tmpfs" else [how, str(path), str(path)]
     for path in mask:
-        cmd += ["--ro-bind-try", "/dev/null", str(path)]
+        if path.is_file():  # (a file that does not exist yet cannot be a mount point on a read-only /)
+            cmd += ["--ro-bind", "/dev/null", str(path)]
     cmd += ["--dir", SANDBOX_IN]
     for name, src in sorted(job.inputs.items()):
         cmd += ["--ro-bind", str(src), f"{SANDBOX_IN}/{name}"]

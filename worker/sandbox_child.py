@@ -159,7 +159,6 @@ class WarningCounter:
 #: the error codes of what an uploaded model causes, beside the engine's own input errors; the
 #: parent writes the messages (service/sandboxing.py): nothing of the exception's text is sent
 OUT_OF_MEMORY, LOAD_ERROR, RUNTIME_ERROR = "model_out_of_memory", "model_load_error", "model_runtime_error"
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 #: where in a traceback loading happens (our loaders) and where a model runs (torch)
 _LOADERS = (f"{os.sep}worker{os.sep}engine{os.sep}models{os.sep}",
             f"{os.sep}worker{os.sep}engine{os.sep}generators{os.sep}")
@@ -170,9 +169,9 @@ def failure_code(exc: BaseException, op: str) -> str:
     """The code of an exception that is not one of the engine's input errors: out of memory (torch
     raises RuntimeError for it, not MemoryError), a load error (in a check, or raised inside our
     loaders), a runtime error (raised inside torch while the model ran), else ``internal_error``."""
-    text = str(exc).lower() if isinstance(exc, RuntimeError) else ""
-    if (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(t in text for t in _OOM_TEXT)
-            or getattr(exc, "code", None) == OUT_OF_MEMORY):
+    from worker.engine.models.messages import is_out_of_memory
+
+    if is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY:
         return OUT_OF_MEMORY
     if op in ("check_model", "check_generator"):
         return LOAD_ERROR

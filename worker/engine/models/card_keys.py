@@ -5,7 +5,8 @@ A Hugging Face ``options.config`` may hold only the keys its family's config cla
 (the parameters of its ``__init__`` and what a default instance writes to config.json), the
 generic keys every config.json carries, and the label maps; nested configs only as the family
 declares them (``sub_configs``), checked the same way. Keys that can name a Hub repository, a
-local path or a kernel are refused by name even where a family defines them, and every string
+local path or a kernel are refused by name even where a family defines them (unless empty:
+``"_name_or_path": ""`` names nothing), and every string
 value outside the label names must be a plain token (letters, digits, ``_ . -``): no ``/``, no
 ``:``, so no ``hf-hub:org/repo``, ``local-dir:/etc`` or ``kernels-community/...``.
 
@@ -165,6 +166,8 @@ def check_hf_config(config: Mapping[str, Any], where: str = "'options.config'", 
         if not isinstance(key, str):
             raise _refuse(where, "keys must be strings")
         if key in REFUSED:
+            if value is None or value is False or value in ("", {}):  # saved configs say "none" so
+                continue
             raise _refuse(at, REFUSED[key])
         if "implementation" in key:
             raise _refuse(at, "can choose a kernel, which may come from the Hub")
