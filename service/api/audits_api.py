@@ -23,7 +23,7 @@ from ..tenants import check_active_audits, lock_tenant
 from .auth import authenticate, owned, tenant
 from .bounds import parse_json_body
 from .context import services
-from .errors import ApiError
+from .errors import RETRY_AFTER_DOC, TENANT_LIMIT_DOC, ApiError
 from .models_api import find_model, get_model, upload_model
 from .pages import paginate
 from .schemas import (
@@ -33,6 +33,7 @@ from .schemas import (
     AuditQuerySchema,
     AuditSchema,
     AuditSummarySchema,
+    ErrorSchema,
     audit_request_schema,
 )
 
@@ -100,6 +101,7 @@ class Audits(MethodView):
         "description": "the same key with the same body returns the same audit; with another body, 409"}])
     @blp.response(202, AuditCreatedSchema, headers={"Location": {"schema": {"type": "string"},
                                                                  "description": "the audit's URL"}})
+    @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=TENANT_LIMIT_DOC)
     def post(self) -> Any:
         """Submit an audit. Everything is validated before it is queued."""
         svc = services()

@@ -55,6 +55,12 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+#: the OpenAPI description of a Retry-After header
+RETRY_AFTER_DOC = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before retrying"}}
+TENANT_LIMIT_DOC = ("tenant_limit: the tenant is at one of its limits (details.limit names it); "
+                    "nothing was created")
+
+
 def limit_response(exc: TenantLimitExceeded) -> Response:
     """429 ``tenant_limit`` with ``Retry-After``; 422 when retrying cannot help (no retry time)."""
     if exc.retry_after_s is None:

@@ -17,9 +17,9 @@ from ..upload_checks import UploadCheckPool, UploadQueueFull
 from ..uploads import register_model
 from .auth import authenticate, find_owned, owned, tenant
 from .context import services
-from .errors import ApiError, retry_after
+from .errors import RETRY_AFTER_DOC, TENANT_LIMIT_DOC, ApiError, retry_after
 from .pages import paginate
-from .schemas import ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
+from .schemas import ErrorSchema, ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
 
 #: one byte more than a card may have, so an oversized card is seen as such
 MAX_CARD_READ = 4 * 1024 * 1024 + 1
@@ -68,6 +68,9 @@ class Models(MethodView):
     @blp.arguments(ModelUploadSchema, location="files")
     @blp.response(201, ModelSchema, description="registered (200 when the same checkpoint and card exist)")
     @blp.alt_response(200, schema=ModelSchema, description="already registered: the existing model")
+    @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=TENANT_LIMIT_DOC)
+    @blp.alt_response(503, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=(
+        "upload_queue_full: no upload check slot came free in time; sandbox_unavailable: the sandbox cannot run"))
     def post(self, files: dict[str, Any]) -> Any:
         """Upload a checkpoint and its model card (multipart).
 

@@ -20,10 +20,17 @@ from ..tenants import check_schedule_interval, check_schedules, lock_tenant
 from .audits_api import load_body
 from .auth import authenticate, owned, tenant
 from .context import services
-from .errors import ApiError
+from .errors import RETRY_AFTER_DOC, TENANT_LIMIT_DOC, ApiError
 from .models_api import find_model, get_model
 from .pages import paginate
-from .schemas import PageQuerySchema, RunListSchema, SchedulePageSchema, ScheduleSchema, schedule_request_schema
+from .schemas import (
+    ErrorSchema,
+    PageQuerySchema,
+    RunListSchema,
+    SchedulePageSchema,
+    ScheduleSchema,
+    schedule_request_schema,
+)
 
 blp = Blueprint("schedules", __name__, url_prefix="/v1/schedules",
                 description="Recurring audits (cron, UTC) of registered models")
@@ -48,6 +55,7 @@ def get_schedule(session: Any, schedule_id: str) -> Schedule:
 class Schedules(MethodView):
     @blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": "ScheduleRequest"}}})
     @blp.response(201, ScheduleSchema)
+    @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=TENANT_LIMIT_DOC)
     def post(self) -> Any:
         """Create a schedule; each run is an ordinary audit linked to it."""
         body = load_body(schedule_request_schema())
