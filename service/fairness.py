@@ -13,8 +13,9 @@ Tenants are ranked by
 
 Within a tenant audits go first in, first out. A hint that is running (a copy sent so that
 another worker joins the audit, or a re-dispatch for a dead shard holder) is joined when its
-tenant ranks first; otherwise the worker starts the fairest queued audit instead, and the
-hint's message is left for that audit's own message to stand in for.
+tenant ranks first; otherwise the worker starts the fairest queued audit instead. A queued hint
+whose message started another audit is sent again (:func:`service.lifecycle.claim_next`), so every
+queued audit keeps a message in the broker.
 """
 
 from __future__ import annotations

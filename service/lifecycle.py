@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -141,18 +141,37 @@ def claim(store: Store, audit_id: str, *, worker: str, stale_s: float) -> Partic
         return Participation(audit_id, audit.holder, _token(), fresh=False)
 
 
-def claim_next(store: Store, hint: str | None, *, worker: str, stale_s: float,
-               half_life_s: float) -> Participation | None:
+def claim_next(store: Store, hint: str | None, *, worker: str, stale_s: float, half_life_s: float,
+               resend: Callable[[str], None] | None = None) -> Participation | None:
     """Claim the fairest work across tenants (:mod:`service.fairness`): a delivered message is a
     wake-up, ``hint`` the audit it names. Each candidate goes through :func:`claim`, so two
-    workers never start one attempt twice; None when nothing is left to do."""
+    workers never start one attempt twice; None when nothing is left to do.
+
+    When another audit is started and the hint is still queued, the hint's message was spent on
+    that audit: ``resend`` sends the hint again (the started audit's own message may later join
+    it rather than start the hint), so every queued audit keeps a message in the broker.
+    """
     with store.session() as s:
         candidates = fairness.next_candidates(s, hint, half_life_s=half_life_s)
     for audit_id in candidates:
         part = claim(store, audit_id, worker=worker, stale_s=stale_s)
         if part is not None:
+            if hint is not None and part.audit_id != hint and part.fresh and resend is not None:
+                _resend_if_queued(store, hint, resend)
             return part
     return None
+
+
+def _resend_if_queued(store: Store, audit_id: str, resend: Callable[[str], None]) -> None:
+    with store.session() as s:
+        queued = s.scalar(select(func.count()).select_from(Audit).where(
+            Audit.id == audit_id, Audit.status == _Q.value, Audit.cancel_requested.is_(False)))
+    if not queued:
+        return
+    try:
+        resend(audit_id)
+    except Exception:  # the broker is down: the beat's re-dispatch sends it later
+        log.exception("audit %s: its message went to a fairer audit and could not be sent again", audit_id)
 
 
 def is_current(store: Store, p: Participation) -> bool:

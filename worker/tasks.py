@@ -27,7 +27,7 @@ from sqlalchemy import select
 from service import fairness, lifecycle
 from service.audits import EngineJob, engine_job
 from service.config import Config
-from service.dispatch import TASK_RUN_AUDIT
+from service.dispatch import TASK_RUN_AUDIT, CeleryDispatcher, Dispatcher, send_audit
 from service.lifecycle import ErrorCode, Participation, error_body
 from service.sandboxing import SandboxRefused, make_sandbox, run_job
 from service.storage import Storage
@@ -244,13 +244,17 @@ def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditSt
     return run_claimed(config, part)
 
 
-def execute_next(config: Config, hint: str | None, *, worker: str = "") -> tuple[str, AuditStatus | None] | None:
+def execute_next(config: Config, hint: str | None, *, worker: str = "",
+                 dispatcher: Dispatcher | None = None) -> tuple[str, AuditStatus | None] | None:
     """What a delivered message does: take the fairest work across tenants (``hint``, the audit the
     message names, only when its tenant's turn has come) and run it. (audit id, the status this
-    worker wrote), or None when there was nothing to take."""
+    worker wrote), or None when there was nothing to take. ``dispatcher`` sends the hint again
+    when its message went to a fairer audit (:func:`service.lifecycle.claim_next`)."""
     store = _store(config.database_url)
+    resend = (lambda audit_id: send_audit(dispatcher, store, audit_id)) if dispatcher is not None else None
     part = lifecycle.claim_next(store, hint, worker=worker or socket.gethostname(),
-                                stale_s=config.heartbeat_timeout_s, half_life_s=config.fair_half_life_s)
+                                stale_s=config.heartbeat_timeout_s, half_life_s=config.fair_half_life_s,
+                                resend=resend)
     if part is None:
         log.info("message for audit %s: nothing to claim (finished, cancelled or taken)", hint)
         return None
@@ -336,4 +340,4 @@ def run_audit_task(self: Task, audit_id: str) -> None:
     """Celery entry point: the configuration travels on the app; the message is a wake-up that
     names an audit, and the worker takes the fairest work across tenants (:func:`execute_next`)."""
     config: Config = getattr(self.app, CONFIG_ATTR, None) or Config.from_env()
-    execute_next(config, audit_id, worker=str(self.request.hostname or ""))
+    execute_next(config, audit_id, worker=str(self.request.hostname or ""), dispatcher=CeleryDispatcher(self.app))

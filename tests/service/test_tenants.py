@@ -66,10 +66,15 @@ def test_flood_is_refused_at_the_limit_and_the_other_tenant_starts_next(limited,
     bob = post_audit(limited, audit_body(bob_model), tenant="bob")
     assert bob.status_code == 202, bob.json  # another tenant is not affected
     # a worker is busy with alice's first audit; the next message (alice's second) wakes another
-    first = lifecycle.claim_next(store, ids[0], worker="w1", stale_s=30, half_life_s=3600)
+    first = lifecycle.claim_next(store, ids[0], worker="w1", stale_s=30, half_life_s=3600,
+                                 resend=dispatcher.send)
     assert first is not None and first.audit_id == ids[0]
-    second = lifecycle.claim_next(store, ids[1], worker="w2", stale_s=30, half_life_s=3600)
+    sent = len(dispatcher.sent)
+    second = lifecycle.claim_next(store, ids[1], worker="w2", stale_s=30, half_life_s=3600,
+                                  resend=dispatcher.send)
     assert second is not None and second.audit_id == bob.json["id"]
+    # alice's second audit lost its message to bob's: it is sent again, so it cannot be forgotten
+    assert dispatcher.sent[sent:] == [ids[1]]
     # finishing one frees a place: alice may submit again
     assert lifecycle.fail(store, first, lifecycle.error_body("internal_error", "test"))
     assert post_audit(limited, audit_body(model_id, label="again")).status_code == 202
