@@ -3,8 +3,8 @@ should start, for ``GET /v1/audits/{id}`` and for the ``Retry-After`` of a tenan
 
 The duration of an audit is, for now, measured: the median run time of recent succeeded audits
 with the same suites (or of any recent audits; a default when there are none). The cost model
-(``POST /v1/audits/estimate``, issue 18) will replace :func:`expected_seconds`: nothing else here
-needs to change.
+(``POST /v1/audits/estimate``, issue 18) will replace :meth:`Durations.expected`, the one place
+that says how long an audit takes: nothing else here needs to change.
 """
 
 from __future__ import annotations
@@ -46,30 +46,45 @@ class QueueEstimate:
 
 
 def expected_seconds(session: Session, request: dict[str, Any] | None = None) -> tuple[float, str]:
-    """(seconds an audit of ``request`` is expected to run, basis).
-
-    The place the cost model's estimate goes once it is merged; until then the median of the
-    recent succeeded audits with the same suites, else of all recent ones, else a default.
-    """
-    rows = session.execute(select(Audit.started_at, Audit.finished_at, Audit.request)
-                           .where(Audit.status == AuditStatus.SUCCEEDED.value, Audit.started_at.is_not(None),
-                                  Audit.finished_at.is_not(None))
-                           .order_by(Audit.finished_at.desc()).limit(RECENT)).all()
-    suites = sorted((request or {}).get("suites") or {})
-    same = [r for r in rows if sorted((r.request or {}).get("suites") or {}) == suites]
-    for pool in (same, rows):
-        durations = [(r.finished_at - r.started_at).total_seconds() for r in pool]
-        if durations:
-            return max(1.0, statistics.median(durations)), "measured"
-    return DEFAULT_AUDIT_S, "default"
+    """(seconds an audit of ``request`` is expected to run, basis): :meth:`Durations.expected`."""
+    return Durations.load(session).expected(request)
 
 
-def _running_left(session: Session, now: datetime) -> tuple[int, float]:
+@dataclass(frozen=True)
+class Durations:
+    """The run times of recent succeeded audits, read once: (suite names, seconds)."""
+
+    runs: tuple[tuple[tuple[str, ...], float], ...]
+
+    @classmethod
+    def load(cls, session: Session) -> Durations:
+        rows = session.execute(select(Audit.started_at, Audit.finished_at, Audit.request)
+                               .where(Audit.status == AuditStatus.SUCCEEDED.value, Audit.started_at.is_not(None),
+                                      Audit.finished_at.is_not(None))
+                               .order_by(Audit.finished_at.desc()).limit(RECENT)).all()
+        return cls(tuple((_suites(r.request), (r.finished_at - r.started_at).total_seconds()) for r in rows))
+
+    def expected(self, request: dict[str, Any] | None) -> tuple[float, str]:
+        """(seconds an audit of ``request`` is expected to run, basis). The place the cost model's
+        estimate goes once it is merged; until then the median of the recent succeeded audits
+        with the same suites, else of all recent ones, else a default."""
+        suites = _suites(request)
+        for pool in ([d for s, d in self.runs if s == suites], [d for _, d in self.runs]):
+            if pool:
+                return max(1.0, statistics.median(pool)), "measured"
+        return DEFAULT_AUDIT_S, "default"
+
+
+def _suites(request: dict[str, Any] | None) -> tuple[str, ...]:
+    return tuple(sorted((request or {}).get("suites") or {}))
+
+
+def _running_left(session: Session, durations: Durations, now: datetime) -> tuple[int, float]:
     """(audits running, their expected seconds left in all)."""
     left, n = 0.0, 0
     for started, request in session.execute(select(Audit.started_at, Audit.request)
                                             .where(Audit.status == AuditStatus.RUNNING.value)).all():
-        expected, _ = expected_seconds(session, request)
+        expected, _ = durations.expected(request)
         elapsed = (now - started).total_seconds() if started is not None else 0.0
         left += max(0.0, expected - elapsed)
         n += 1
@@ -99,8 +114,9 @@ def estimate(session: Session, audit: Audit, *, half_life_s: float, now: datetim
             continue
         first = own is None or (rank.key, rank.oldest or now) < (own.key, own.oldest or now)
         ahead += min(rank.queued, index + int(first))
-    expected, basis = expected_seconds(session, audit.request)
-    running, left = _running_left(session, now)
+    durations = Durations.load(session)
+    expected, basis = durations.expected(audit.request)
+    running, left = _running_left(session, durations, now)
     wait = (left + ahead * expected) / max(1, running)
     return QueueEstimate(position=ahead + 1, estimated_start_at=now + timedelta(seconds=wait), basis=basis)
 
