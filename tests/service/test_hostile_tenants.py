@@ -200,6 +200,7 @@ def test_waiting_checks_get_the_slot_oldest_first(store):
             pass
 
 
+@pytest.mark.slow
 def test_the_upload_cache_is_per_tenant(client, monkeypatch):
     """A second tenant uploading the same file is checked again, so its answer takes as long as the
     first one's and says nothing about what others uploaded."""

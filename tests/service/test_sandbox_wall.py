@@ -185,6 +185,7 @@ class _Warns(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
+@pytest.mark.slow
 def test_model_warnings_are_counted_not_stored(tmp_path, capfd):
     with warnings.catch_warnings():  # the child's counter, in this process (its filters are restored after)
         counter = sandbox_child.WarningCounter()
@@ -215,6 +216,7 @@ class _Hog(torch.nn.Module):
         return self.fc(x.flatten(1)) + big[0].float()
 
 
+@pytest.mark.slow
 def test_a_model_out_of_memory_is_a_typed_failure_in_our_words(client, tmp_path):
     path = tmp_path / "hog.pt"
     with warnings.catch_warnings():
