@@ -2,7 +2,8 @@
 and with ``--wait`` polls with a progress bar (log lines when stderr is not a terminal). With
 ``--out DIR`` it saves report.json and report.html there, with ``--junit FILE`` one JUnit test
 case per gate. Exit codes: 0 pass, 1 fail, 2 error (bad input, HTTP error, failed or cancelled
-audit, timeout). Standard library only.
+audit, timeout), 5 no verdict (the audit had no gates; 0 with ``--allow-no-gates``). Standard
+library only.
 """
 
 from __future__ import annotations
@@ -21,8 +22,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.engine.cli import ProgressBar, ProgressLog, progress_reporter
+from worker.engine.cli import (
+    EXIT_NO_VERDICT,
+    NO_GATES_NOTE,
+    ProgressBar,
+    ProgressLog,
+    add_allow_no_gates,
+    progress_reporter,
+    verdict_exit_code,
+)
 from worker.engine.errors import AuditInputError
+from worker.engine.gates import Verdict
 from worker.engine.junit import write_junit
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -81,9 +91,15 @@ class Client:
         return self.request(method, path, body=body, content_type="application/json" if body else None, **kw)
 
     def upload_model(self, checkpoint: Path, card: Path) -> dict[str, Any]:
+        """Upload a checkpoint and its card; an ``.onnx`` file's ``<name>.data`` beside it (where
+        ``torch.onnx.export`` writes the weights) goes with it as the part ``external_data``."""
         boundary = uuid.uuid4().hex
         parts = []
-        for field, path in (("checkpoint", checkpoint), ("card", card)):
+        files = [("checkpoint", checkpoint), ("card", card)]
+        data = checkpoint.with_name(checkpoint.name + ".data")
+        if checkpoint.suffix == ".onnx" and data.is_file():
+            files.append(("external_data", data))
+        for field, path in files:
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
                          f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
                          + path.read_bytes() + b"\r\n")
@@ -200,7 +216,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"{what}: {where}")
         if args.junit:
             print(f"junit: {args.junit}")
-    return EXIT_PASS if audit["verdict"] == "pass" else EXIT_FAIL
+    verdict = str(audit["verdict"])
+    if not (audit.get("report") or {}).get("gates"):  # a server older than the verdict "none" says "pass"
+        verdict = Verdict.NONE.value
+    code = verdict_exit_code(verdict, args.allow_no_gates)
+    if code == EXIT_NO_VERDICT:
+        print(f"robustaudit submit: audit {audit['id']}: {NO_GATES_NOTE}", file=sys.stderr)
+    return code
 
 
 def save_outputs(client: Client, audit: Mapping[str, Any], out: Path, *,
@@ -272,7 +294,8 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--idempotency-key")
     p.add_argument("--baseline", metavar="AUDIT_ID", help="a succeeded audit that gates written against a baseline "
                    "compare with ('clean.top1 >= baseline - 0.05')")
-    p.add_argument("--wait", action="store_true", help="poll until done; exit 0 pass, 1 fail, 2 error")
+    p.add_argument("--wait", action="store_true", help="poll until done; exit 0 pass, 1 fail, 2 error, "
+                   f"{EXIT_NO_VERDICT} no verdict (no gates)")
     p.add_argument("--out", metavar="DIR", help="with --wait: save report.json and report.html in DIR")
     p.add_argument("--artifacts", action="store_true", help="with --out: also save every artifact file under "
                    "DIR/artifacts/ (report.html links to them)")
@@ -281,4 +304,5 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--url", help="server URL (default $ROBUSTAUDIT_URL or http://127.0.0.1:8000)")
     p.add_argument("--token", help="API token (default $ROBUSTAUDIT_TOKEN)")
     p.add_argument("--quiet", action="store_true")
+    add_allow_no_gates(p)
     p.set_defaults(func=cmd_submit)

@@ -1,14 +1,22 @@
 """Registering an uploaded checkpoint: stream it to storage, check it in the sandbox (loaded
 and probed with its card; an upload that is not a model we accept is refused), and
 deduplicate by content. The API process never loads the model itself.
+
+An ONNX model with external data arrives as a zip of the model and its data files, or as the
+model and its data file(s) in separate parts, which are written into such a zip
+(:func:`bundle_parts`): either way one content-addressed file is stored, and its member names are
+checked here (:func:`~worker.engine.models.onnx_bundle.check_bundle`) before the sandbox sees it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import zipfile
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,10 +28,11 @@ from worker.engine.errors import AuditInputError, ModelCardError
 from worker.engine.generators.card import GeneratorCard, GeneratorError
 from worker.engine.jsonfile import loads_bounded
 from worker.engine.models.archive import check_zip_archive
+from worker.engine.models.onnx_bundle import check_bundle, write_bundle
 
 from .config import Config
 from .sandboxing import check_upload
-from .storage import Storage
+from .storage import Storage, UploadTooLarge
 from .store.models import Model, ModelKind
 from .upload_checks import UploadCheckPool
 
@@ -76,7 +85,7 @@ def register_model(session: Session, storage: Storage, config: Config, *, tenant
         return existing, False
     try:
         if zipfile.is_zipfile(stored.path):  # zip bombs refused from the central directory, before any read
-            check_zip_archive(stored.path, name=Path(filename or "").name or "the checkpoint")
+            check_stored_zip(stored.path, Path(filename or "").name or "the checkpoint", card)
         key = (tenant, stored.sha256, card_sha, kind.value, config.sandbox)
         if key not in _seen:
             with pool.turn(tenant, config.tenant_limits.of(tenant)) if pool is not None else nullcontext():
@@ -95,3 +104,48 @@ def register_model(session: Session, storage: Storage, config: Config, *, tenant
     session.flush()
     return model, True
 
+
+def check_stored_zip(path: Path, name: str, card: dict[str, Any]) -> None:
+    """The zip bounds; for an ONNX card also the bundle's member names and types (one model, plain names)."""
+    if card.get("format") == "onnx":
+        check_bundle(path, name=name)
+    else:
+        check_zip_archive(path, name=name)
+
+
+class _Counted:
+    """A read stream that raises UploadTooLarge once the parts together pass ``budget[0]`` bytes."""
+
+    def __init__(self, stream: IO[bytes], budget: list[int]) -> None:
+        self.stream, self.budget = stream, budget
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.stream.read(n)
+        self.budget[0] -= len(chunk)
+        if self.budget[0] < 0:
+            raise UploadTooLarge("the checkpoint and its external data exceed the upload limit")
+        return chunk
+
+
+@contextmanager
+def bundle_parts(storage: Storage, checkpoint: tuple[str, IO[bytes]], data: list[tuple[str, IO[bytes]]], *,
+                 max_bytes: int) -> Iterator[tuple[IO[bytes], str]]:
+    """(stream, file name) of a zip of an ONNX checkpoint and its external data parts, written to the
+    storage's scratch folder (removed afterwards). The parts together are bounded by ``max_bytes``.
+
+    Raises:
+        ModelLoadError: a part's file name is not a plain file name (422).
+        UploadTooLarge: over the limit (413).
+    """
+    budget = [max_bytes]
+    tmp_dir = storage.root / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            write_bundle(out, (checkpoint[0], _Counted(checkpoint[1], budget)),
+                         [(n, _Counted(s, budget)) for n, s in data])
+            out.seek(0)
+            yield out, Path(checkpoint[0]).stem + ".zip"
+    finally:
+        Path(name).unlink(missing_ok=True)

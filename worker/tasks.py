@@ -33,6 +33,7 @@ from service.sandboxing import SandboxRefused, make_sandbox, run_job
 from service.storage import Storage
 from service.store import Audit, AuditStatus, Model, Store
 from worker.engine.errors import AuditInputError
+from worker.engine.gates import verdict_of
 from worker.sandbox import SandboxJob
 
 from .celery_app import CONFIG_ATTR
@@ -330,7 +331,10 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
     result = run_job(sandbox, sjob, on_message=on_message, should_stop=rec.should_stop, on_claim=rec.on_claim)
     if result.get("incomplete") is True:  # its shards are done; others hold the rest, or the merge
         return None
-    if result.get("verdict") not in ("pass", "fail") or not isinstance(result.get("suites"), dict):
+    gates = result.get("gates")
+    # the verdict must be the one its gates give (none without gates): never a pass the gates do not back
+    if (not isinstance(gates, list) or not all(isinstance(g, dict) for g in gates)
+            or result.get("verdict") != verdict_of(gates).value or not isinstance(result.get("suites"), dict)):
         raise SandboxRefused(ErrorCode.SANDBOX_FAILED.value, "the sandboxed engine returned no valid report")
     return result
 

@@ -47,7 +47,9 @@ REQUEST_DOC = {
         "multipart/form-data": {"schema": {"type": "object", "required": ["spec", "checkpoint", "card"], "properties": {
             "spec": {"type": "string", "description": "the AuditRequest as JSON, without 'model'"},
             "checkpoint": {"type": "string", "format": "binary"},
-            "card": {"type": "string", "format": "binary"}}}},
+            "card": {"type": "string", "format": "binary"},
+            "external_data": {"type": "string", "format": "binary",
+                              "description": "an ONNX checkpoint's external data file, as in POST /v1/models"}}}},
     },
 }
 

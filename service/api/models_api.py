@@ -14,7 +14,7 @@ from ..sandboxing import SandboxRefused
 from ..storage import UploadTooLarge
 from ..store.models import Model, ModelKind
 from ..upload_checks import UploadCheckPool, UploadQueueFull
-from ..uploads import register_model
+from ..uploads import bundle_parts, parse_card, register_model
 from .auth import authenticate, find_owned, owned, tenant
 from .context import services
 from .errors import RETRY_AFTER_DOC, TENANT_LIMIT_DOC, ApiError, retry_after
@@ -23,13 +23,16 @@ from .schemas import ErrorSchema, ModelPageSchema, ModelSchema, ModelUploadSchem
 
 #: one byte more than a card may have, so an oversized card is seen as such
 MAX_CARD_READ = 4 * 1024 * 1024 + 1
+#: data files an ONNX checkpoint may come with as 'external_data' parts
+MAX_EXTERNAL_DATA_PARTS = 16
 
 blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Registered models (checkpoint + card)")
 blp.before_request(authenticate)
 
 
 def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
-    """Register the multipart parts 'checkpoint' and 'card' (a file, or a form field holding JSON)."""
+    """Register the multipart parts 'checkpoint' and 'card' (a file, or a form field holding JSON), and
+    for an ONNX checkpoint the data files its tensors name, as 'external_data' parts."""
     svc = services()
     checkpoint = files.get("checkpoint")
     card: FileStorage | str | None = files.get("card") or request.form.get("card")
@@ -44,12 +47,20 @@ def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
         raise ApiError(422, f"multipart part 'kind' must be one of {[k.value for k in ModelKind]}",
                        code="validation_error", errors={"kind": ["unknown kind"]}) from None
     card_raw = card.read(MAX_CARD_READ) if isinstance(card, FileStorage) else card
+    data = external_data_parts()
     cfg = svc.config
     pool = UploadCheckPool(svc.store, slots=cfg.upload_checks, wait_s=cfg.upload_queue_s, check_s=cfg.upload_check_s)
     try:
         with svc.store.session() as s:
-            return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=checkpoint.stream,
-                                  filename=checkpoint.filename or "", card_raw=card_raw, kind=kind, pool=pool)
+            if not data:
+                return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=checkpoint.stream,
+                                      filename=checkpoint.filename or "", card_raw=card_raw, kind=kind, pool=pool)
+            _require_onnx_card(card_raw, kind)
+            with bundle_parts(svc.storage, (checkpoint.filename or "", checkpoint.stream),
+                              [(d.filename or "", d.stream) for d in data],
+                              max_bytes=svc.config.max_upload_bytes) as (bundle, name):
+                return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=bundle,
+                                      filename=name, card_raw=card_raw, kind=kind, pool=pool)
     except UploadQueueFull as exc:
         raise ApiError(503, f"every upload check slot stayed busy for {exc.waited_s:g} s; nothing was registered",
                        code="upload_queue_full", headers=retry_after(exc.retry_after_s),
@@ -61,6 +72,22 @@ def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
         status = 503 if exc.code == "sandbox_unavailable" else 422
         raise ApiError(status, f"the checkpoint could not be checked in the sandbox: {exc.message}",
                        code=exc.code) from None
+
+
+def external_data_parts() -> list[FileStorage]:
+    """The 'external_data' parts of the request (none for a checkpoint that carries its weights)."""
+    parts = [p for p in request.files.getlist("external_data") if isinstance(p, FileStorage)]
+    if len(parts) > MAX_EXTERNAL_DATA_PARTS:
+        raise ApiError(422, f"at most {MAX_EXTERNAL_DATA_PARTS} 'external_data' parts are accepted",
+                       code="validation_error")
+    return parts
+
+
+def _require_onnx_card(card_raw: bytes | str, kind: ModelKind) -> None:
+    """'external_data' belongs to an ONNX checkpoint: refused before anything is stored for another format."""
+    if kind is not ModelKind.CLASSIFIER or parse_card(card_raw, kind).get("format") != "onnx":
+        raise ApiError(422, "multipart part 'external_data' is accepted only with an ONNX checkpoint "
+                            "(model card 'format': 'onnx') of a classifier", code="validation_error")
 
 
 @blp.route("")

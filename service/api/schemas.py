@@ -6,6 +6,7 @@ from functools import cache
 
 from marshmallow import Schema, fields, validate
 
+from worker.engine.gates import Verdict
 from worker.engine.suites import SUITES
 
 from ..store.models import AuditStatus
@@ -29,6 +30,9 @@ class ErrorSchema(Schema):
 
 
 GATE_DOC = "'SUITE.METRIC OP NUMBER' (e.g. 'clean.top1 >= 0.9') or {metric, op, threshold}"
+SCHEDULE_GATES = "a schedule needs at least one gate: its runs would have nothing to judge (no verdict)"
+VERDICT_DOC = ("once succeeded: pass (every gate passed), fail (a gate did not pass) or none (no gates were set, "
+               "so nothing was judged; not a pass); null before")
 DATASET_DOC = ("a reference string (builtin:digits, imagefolder:<path>, torchvision:<Name>:<root>[:split], "
                "npz:<path>) or the object {kind, name/path/root, split, n_samples, seed, classes}")
 
@@ -52,7 +56,8 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
         suites = fields.Nested(suites_schema(), load_default=dict,
                                metadata={"description": "suite name -> parameters (null: defaults); "
                                                         "clean always runs"})
-        gates = fields.List(fields.Raw(), load_default=list, metadata={"description": GATE_DOC})
+        gates = fields.List(fields.Raw(), load_default=list, metadata={
+            "description": f"{GATE_DOC}; without any, nothing is judged and the verdict is none (not pass)"})
         seed = fields.Integer(strict=True, validate=validate.Range(min=0, max=INT64_MAX), load_default=0)
         label = fields.String(allow_none=True, validate=validate.Length(max=MAX_LABEL), load_default=None)
         baseline = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_ID), load_default=None,
@@ -67,6 +72,10 @@ def _request_schemas(suite_names: tuple[str, ...]) -> tuple[type[Schema], type[S
     class ScheduleRequest(AuditRequest):
         cron = fields.String(required=True, validate=validate.Length(min=1, max=100),
                              metadata={"description": "cron expression in UTC, e.g. '0 2 * * *'"})
+        # a nightly audit with nothing to judge has no verdict: a mistake, refused at creation
+        gates = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, error=SCHEDULE_GATES),
+                            error_messages={"required": SCHEDULE_GATES, "null": SCHEDULE_GATES},
+                            metadata={"description": f"{GATE_DOC}; at least one"})
 
     return AuditRequest, ScheduleRequest
 
@@ -87,6 +96,11 @@ class ModelUploadSchema(Schema):
                                                      "description": "the checkpoint file"})
     card = fields.Raw(metadata={"type": "string", "format": "binary",
                                 "description": "the model card (JSON), as a file or a form field; required"})
+    external_data = fields.Raw(metadata={"type": "string", "format": "binary", "description":
+                                         "an ONNX checkpoint's external data file (the file its tensors' "
+                                         "'location' names, e.g. model.onnx.data); repeat the part for several "
+                                         "files (at most 16). Or send one zip holding the .onnx file and its "
+                                         "data files as 'checkpoint'"})
     kind = fields.String(metadata={"enum": ["classifier", "generator"], "description":
                                    "classifier (default: an audited model or a surrogate) or generator (for the "
                                    "perturbation suite's generator layers; the card is a generator card)"})
@@ -94,6 +108,12 @@ class ModelUploadSchema(Schema):
 
 def _status() -> fields.String:
     return fields.String(metadata={"enum": [s.value for s in AuditStatus]})
+
+
+def _verdict() -> fields.String:
+    # OpenAPI 3.0.3: a nullable enum lists null among its values
+    return fields.String(allow_none=True, metadata={"enum": [*(v.value for v in Verdict), None],
+                                                    "description": VERDICT_DOC})
 
 
 class AuditCreatedSchema(Schema):
@@ -107,7 +127,7 @@ class AuditSummarySchema(Schema):
     model_id = fields.String()
     schedule_id = fields.String(allow_none=True)
     label = fields.String(allow_none=True)
-    verdict = fields.String(allow_none=True, metadata={"description": "pass or fail, once succeeded"})
+    verdict = _verdict()
     progress = fields.Dict(keys=fields.String(), values=fields.Float(),
                            metadata={"description": "suite -> fraction done (0-1)"})
     attempts = fields.Integer()
@@ -190,7 +210,7 @@ class SchedulePageSchema(PageSchema):
 class RunSchema(Schema):
     audit_id = fields.String()
     status = _status()
-    verdict = fields.String(allow_none=True)
+    verdict = _verdict()
     created_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
     metrics = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True),
@@ -232,7 +252,7 @@ class ChangeSchema(Schema):
 class ComparisonSchema(Schema):
     baseline = fields.Dict(metadata={"description": "{audit_id, finished, model_sha256, n_samples}"})
     current = fields.Dict(metadata={"description": "{audit_id, finished, model_sha256, n_samples}"})
-    verdict = fields.Dict(metadata={"description": "{baseline, current}"})
+    verdict = fields.Dict(metadata={"description": "{baseline, current}: each report's verdict (pass, fail or none)"})
     counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
                          metadata={"description": "change kind -> number of metrics, and unchanged"})
     warnings = fields.List(fields.String(), metadata={"description": "why numbers may differ besides the model"})

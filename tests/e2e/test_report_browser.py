@@ -70,3 +70,20 @@ def test_page_renders_without_errors_and_shows_verdict_and_every_gate(audited, b
     classes = page.locator("#suite-clean .class-name").all_inner_texts()
     assert classes == HOSTILE_NAMES  # shown as text, exactly as the card wrote them
     page.close()
+
+
+def test_an_audit_without_gates_shows_a_neutral_band(audited, browser, tmp_path):
+    from worker.engine.html import render_report_html
+
+    _, report = audited
+    page_file = tmp_path / "report.html"
+    bare = {**report, "suites": {"clean": report["suites"]["clean"]}, "gates": [], "verdict": "none"}
+    page_file.write_text(render_report_html(bare))
+    page = browser.new_page()
+    page.goto(page_file.as_uri(), wait_until="load")
+    band = page.locator("#verdict")
+    assert band.is_visible() and page.locator("#verdict-value").inner_text() == "No verdict"
+    assert "no gates were set" in band.inner_text()
+    colour = band.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert colour == "rgb(69, 90, 100)", colour  # the neutral grey, neither the pass green nor the fail red
+    page.close()

@@ -31,7 +31,9 @@ def test_report_validates_and_gates_apply(demo_report, report_validator):
     report_validator.validate(report)
     assert code == 0 and report["verdict"] == "pass"
     entry = report["suites"]["attacks"]
-    assert entry["warnings"] == []  # a normal model trips no sanity flag
+    sanity = {"probabilities_not_logits", "zero_gradients", "nan_gradients", "randomized_model",
+              "weaker_attack_stronger", "clean_near_chance"}
+    assert not sanity & {w["code"] for w in entry["warnings"]}  # a normal model trips no sanity flag
     m = entry["metrics"]
     ra = [m["robust_accuracy"]["linf"][k]["value"] for k in ("eps_0p05", "eps_0p1", "eps_0p2")]
     assert ra[0] >= ra[1] >= ra[2] and ra[0] > ra[2]
@@ -59,6 +61,10 @@ def test_targeted_and_suitability_consistent(demo_report):
     flags = json.loads((out / "artifacts" / "attacks" / "suitability_flags.json").read_text())
     assert s["flagged"]["value"] == sum(bool(v) for v in flags.values())
     assert s["flags"]["misclassified"]["value"] == m["not_attacked"]["value"]
+    # a suitability flag on any image is a warning that says what to change (at most one per norm)
+    codes = [w["code"] for w in entry["warnings"]]
+    for flag in ("falls_at_every_budget", "falls_at_no_budget", "low_margin"):
+        assert (flag in codes) == (s["flags"][flag]["value"] > 0), flag
     assert s["unflagged"]["robust_accuracy"]["linf"]["eps_0p1"]["n"] == 30 - s["flagged"]["value"]
     mis = m["misclassification"]["linf"]
     assert mis["top3"]["value"] <= mis["top5"]["value"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.tiny import TinyNet
-from worker.engine.cli import main
+from worker.engine.cli import EXIT_NO_VERDICT, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +53,34 @@ def test_failed_gate_exits_1(tiny_model, tmp_path, report_validator, data_root):
     assert code == 1
     report_validator.validate(report)
     assert report["verdict"] == "fail"
+
+
+def test_no_gates_is_no_verdict_exit_5_unless_allowed(tiny_model, tmp_path, capsys, report_validator, data_root):
+    import xml.etree.ElementTree as ET
+
+    base = ["--model", str(tiny_model), "--dataset", "builtin:digits", "--n-samples", "20"]
+    junit = tmp_path / "gates.xml"
+    code, report = audit([*base, "--junit", str(junit)], tmp_path)
+    assert code == 5 == EXIT_NO_VERDICT
+    report_validator.validate(report)
+    assert report["verdict"] == "none" and report["gates"] == []
+    assert "no verdict: no gates were set" in capsys.readouterr().err
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("1", "0", "0", "1")
+    (case,) = root.iter("testcase")
+    (skipped,) = case.iter("skipped")
+    assert "no gates were set" in (skipped.get("message") or "") and not list(case.iter("failure"))
+    # the schema refuses a pass, or a fail, without gates
+    for verdict in ("pass", "fail"):
+        assert not report_validator.is_valid({**report, "verdict": verdict})
+
+    code, allowed = audit([*base, "--allow-no-gates"], tmp_path)
+    assert code == 0 and allowed["verdict"] == "none"
+    assert "no verdict" not in capsys.readouterr().err
+    code, gated = audit([*base, "--gate", "clean.top1>=0"], tmp_path)
+    assert code == 0 and gated["verdict"] == "pass"
+    # gates judge the numbers, they do not change them
+    assert gated["suites"]["clean"]["metrics"] == report["suites"]["clean"]["metrics"]
 
 
 def test_config_file_and_shards(tiny_model, tmp_path, data_root):

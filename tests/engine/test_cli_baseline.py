@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.tiny import TinyNet
-from worker.engine.cli import ProgressLog, main
+from worker.engine.cli import EXIT_NO_VERDICT, ProgressLog, main
 
 
 @pytest.fixture()
@@ -34,8 +34,8 @@ def run(tiny_model, out, *args, quiet=True):
 
 @pytest.fixture()
 def baseline(tiny_model, tmp_path, data_root) -> Path:
-    code, _ = run(tiny_model, tmp_path / "base", "--n-samples", "40", "--seed", "1")
-    assert code == 0
+    code, report = run(tiny_model, tmp_path / "base", "--n-samples", "40", "--seed", "1")
+    assert code == EXIT_NO_VERDICT and report["verdict"] == "none"  # a baseline needs no gates of its own
     return tmp_path / "base" / "report.json"
 
 
@@ -105,6 +105,10 @@ def test_compare_lists_regressions_first(baseline, tmp_path, capsys):
     assert main(["compare", str(baseline), str(worse)]) == 0
     text = capsys.readouterr().out
     assert "2 regressions" in text and "clean.top1" in text.splitlines()[1]
+    judged = tmp_path / "judged.json"
+    judged.write_text(json.dumps({**data, "verdict": "fail"}))
+    assert main(["compare", str(baseline), str(judged)]) == 0
+    assert "  verdict: none -> fail" in capsys.readouterr().out.splitlines()
     assert main(["compare", str(baseline), str(tmp_path / "missing.json")]) == 2
 
 

@@ -73,9 +73,10 @@ def test_summary_prints_dataset_warnings(tiny_model: Path, tmp_path: Path, capsy
     card.write_text(json.dumps({"format": "torchscript", "num_classes": 10, "input_size": [1, 32, 32],
                                 "class_names": list("abcdefghij")}))
     code = main(["audit", "--model", str(tiny_model), "--card", str(card), "--dataset", "builtin:digits",
-                 "--classes", "3", "--n-samples", "5000", "--out", str(tmp_path / "out")])
+                 "--classes", "3", "--n-samples", "5000", "--out", str(tmp_path / "out"), "--allow-no-gates"])
     assert code == 0
     out = capsys.readouterr().out
+    assert "verdict: none (no gates were set)" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     n = report["dataset"]["n_samples"]
     assert 0 < n < 5000
@@ -100,7 +101,7 @@ def test_reused_out_keeps_only_this_run(tiny_model: Path, tmp_path: Path, data_r
     (out / "artifacts" / "attacks").mkdir()
     (out / "artifacts" / "attacks" / "link.png").symlink_to(target)
     code = main(["audit", "--quiet", "--model", str(tiny_model), "--dataset", "builtin:digits", "--n-samples", "10",
-                 "--out", str(out)])
+                 "--out", str(out), "--allow-no-gates"])
     assert code == 0
     assert not stale.exists() and not stale.parent.exists()
     assert (out / "report.html").read_text() != "an earlier report"  # this run's page replaced it

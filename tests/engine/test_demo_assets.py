@@ -170,3 +170,15 @@ def test_metrics_present() -> None:
     assert 0.8 <= m["generator"]["fidelity"] <= 1
     assert set(m["generator"]["fidelity_per_class"]) == {str(i) for i in range(10)}
     assert m["seeds"] and m["robust_eval"]["eps"] == 0.1 and m["robust_eval"]["steps"] == 20
+
+
+def test_the_demo_audit_has_a_gate_on_a_metric_it_produces():
+    """``make demo`` ends with a verdict: an audit without gates would have none (verdict "none")."""
+    from service.demo import demo_body
+    from worker.engine.gates import Gate, check_gates
+    from worker.engine.spec import metric_catalog, validate_suites
+
+    body = demo_body("model-id", 50)
+    gates = [Gate.parse(g) for g in body["gates"]]
+    assert gates
+    check_gates(gates, metric_catalog(validate_suites(body["suites"])))

@@ -10,9 +10,11 @@ from worker.engine.gates import (
     Gate,
     GateOp,
     Relative,
+    Verdict,
     baseline_gates,
     check_gates,
     evaluate_gates,
+    verdict_of,
 )
 from worker.engine.metrics import Z95, Unit, metric, proportion, wilson_interval
 
@@ -182,3 +184,23 @@ def test_in_memory_audit_takes_a_baseline_report():
     equal, better = again["gates"]
     assert equal["passed"] and equal["delta"] == 0 and not better["passed"]
     assert equal["baseline"] == first["suites"]["clean"]["metrics"]["top1"]["value"]
+
+
+def test_verdict_is_none_without_gates_and_pass_only_when_every_gate_was_judged_and_passed():
+    metrics = {"clean": {"top1": metric(0.8, Unit.FRACTION, 100, "t")}}
+    assert verdict_of([]) is Verdict.NONE
+    passed = evaluate_gates([Gate.parse("clean.top1 >= 0.5")], metrics)
+    failed = evaluate_gates([Gate.parse("clean.top1 >= 0.9")], metrics)
+    assert verdict_of(passed) is Verdict.PASS and verdict_of(passed + failed) is Verdict.FAIL
+    # an unreliable gate passes only when the request accepted it
+    shaky = {"clean": {"flags": ["zero_gradients"], "metrics": ["top1"]}}
+    assert verdict_of(evaluate_gates([Gate.parse("clean.top1 >= 0.5")], metrics, unreliable=shaky)) is Verdict.FAIL
+    assert verdict_of(evaluate_gates([Gate.parse("clean.top1 >= 0.5")], metrics, unreliable=shaky,
+                                     accept_unreliable=True)) is Verdict.PASS
+    # a gate that was not judged (a part that did not run) never makes a pass, even marked passed
+    not_run = [{**passed[0], "status": "not_run", "passed": False}]
+    assert verdict_of(not_run) is Verdict.FAIL
+    assert verdict_of([{**passed[0], "status": "not_run"}]) is Verdict.FAIL
+    assert verdict_of([{k: v for k, v in passed[0].items() if k != "status"}]) is Verdict.FAIL
+    assert verdict_of([{**passed[0], "passed": 1}]) is Verdict.FAIL  # only True is a pass
+    assert [v.value for v in Verdict] == ["pass", "fail", "none"]

@@ -84,3 +84,13 @@ def test_bad_input_is_a_typed_error() -> None:
         audit(model, x, y, mean=[0.5, 0.5, 0.5])
     with pytest.raises(ModelCardError, match="expected N x num_classes logits"):
         audit(torch.nn.Flatten(0), x, y)
+
+
+def test_the_on_progress_example_in_docs_models_md_prints_what_it_shows(capsys) -> None:
+    """docs/models.md's on_progress example, run as written; its output must be the block below it."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    section = text.split("### Progress: `on_progress`", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```text\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/models.md", "exec"), {"__name__": "docs_example"})
+    assert capsys.readouterr().out == shown  # the progress lines come from the example's callback alone

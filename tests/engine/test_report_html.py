@@ -131,11 +131,13 @@ def test_robust_accuracy_draws_only_gates_on_its_own_norm_and_budgets():
 
 def test_mathtext_in_names_does_not_break_a_plot():
     bad = "$\\frac{1}{$"
-    targeted = {"modify": {bad: {"value": 0.5, "n": 2}}, "mimic": {bad: {"value": 0.1, "n": 2}},
+    targeted = {"modify": {bad: {"value": 0.5, "n": 2}, "b": {"value": 0.2, "n": 2}},
+                "mimic": {bad: {"value": 0.1, "n": 2}, "b": {"value": 0.6, "n": 2}},
                 "success_rate": {"value": 0.3, "n": 4}}
     layers = {bad: {"success_rate": {"eps4": {"value": 1.0, "n": 2, "eps": 4.0}}}}
     entry = {"metrics": {"targeted": targeted, "generator_layers": layers}}
-    assert modify_mimic(entry) is not None and generator_layers(entry) is not None
+    drawn = modify_mimic(entry)
+    assert drawn is not None and drawn.png.startswith(b"\x89PNG") and generator_layers(entry) is not None
 
 
 def test_margins_and_gate_order():
@@ -184,6 +186,19 @@ def test_gallery_is_bounded_and_says_what_it_left_out(fixture_audit):
     assert f"{len(pngs) - 3} left out" in page.all_text
     tight = build_gallery(report["suites"], out, GalleryLimits(max_bytes=1))
     assert tight.shown == 0 and tight.left_out == len(pngs)
+
+
+def test_perturbation_section_shows_corruption_examples(fixture_audit):
+    """One image under each corruption at severities 1, 3 and 5, embedded where the suite's section is."""
+    _, out, report = fixture_audit
+    examples = [a for a in report["suites"]["perturbation"]["artifacts"] if "corruption_examples_" in a]
+    assert examples == ["artifacts/perturbation/corruption_examples_noise.png",  # gaussian_noise
+                        "artifacts/perturbation/corruption_examples_digital.png"]  # contrast
+    text = (out / "report.html").read_text()
+    section = text[text.index('id="suite-perturbation"'):text.index('id="files"')]
+    for rel in examples:
+        assert f'href="{rel}"><img src="data:image/png;base64,' in section
+    assert "noise corruptions of the audit&#39;s first sample at severities 1, 3 and 5" in section
 
 
 def test_gallery_embeds_only_real_pngs_inside_the_output_folder(tmp_path):
@@ -243,12 +258,24 @@ def test_unreliable_gates_and_sanity_flags_are_explained(fixture_audit):
     assert "2 of 4 gates did not pass." in text
 
 
-def test_no_gates_says_nothing_was_checked(fixture_audit):
-    _, out, report = fixture_audit
-    changed = {**copy.deepcopy(report), "gates": [], "verdict": "pass"}
-    page = Page(render_report_html(changed, out))
-    assert "No gates were set: nothing was checked against a threshold." in page.all_text
-    assert ("header", {"id": "verdict", "class": "verdict verdict-pass"}) in page.tags
+def test_no_gates_shows_a_neutral_band_not_a_pass(fixture_audit):
+    _, _, report = fixture_audit
+    report = {**copy.deepcopy(report), "suites": {"clean": report["suites"]["clean"]}}  # the band, not the plots
+    text = render_report_html({**report, "gates": [], "verdict": "none"})
+    page = Page(text)
+    assert ("header", {"id": "verdict", "class": "verdict verdict-none"}) in page.tags
+    assert "No verdict: no gates were set" in page.all_text
+    assert "Nothing was checked against a threshold" in page.all_text
+    assert "PASS" not in page.all_text and "Verdict:" not in page.all_text
+    assert "<title>robustaudit: tiny <b>model</b> – NO VERDICT</title>" in html.unescape(text)
+    assert ".verdict-none { background: var(--none); }" in text and "--none: #455a64" in text
+    # a report written before the verdict "none" (schema 1.0) keeps what it said
+    old = Page(render_report_html({**report, "gates": [], "verdict": "pass"}))
+    assert "No gates were set: nothing was checked against a threshold." in old.all_text
+    assert ("header", {"id": "verdict", "class": "verdict verdict-pass"}) in old.tags
+    # a verdict the page does not know is never shown as a pass
+    odd = Page(render_report_html({**report, "verdict": "maybe"}))
+    assert ("header", {"id": "verdict", "class": "verdict verdict-fail"}) in odd.tags
 
 
 def test_many_classes_stay_bounded():

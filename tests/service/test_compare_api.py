@@ -30,8 +30,17 @@ def lower_top1(store, audit_id, by):
         a.report = report
 
 
-def test_baseline_gates_and_compare(client, config, store, model_id):
-    first = finished(client, config, audit_body(model_id))
+def test_baseline_gates_and_compare(client, config, store, model_id, report_validator):
+    first = finished(client, config, audit_body(model_id, gates=[]))
+    # without gates nothing was judged: the verdict is none, not pass, wherever the API says it
+    got = client.get(f"/v1/audits/{first}", headers=auth()).json
+    assert got["status"] == "succeeded" and got["verdict"] == "none" and got["report"]["verdict"] == "none"
+    report_validator.validate(got["report"])
+    assert [(a["id"], a["verdict"]) for a in client.get("/v1/audits", headers=auth()).json["items"]] == [
+        (first, "none")]
+    page = client.get(f"/v1/audits/{first}/report.html", headers=auth()).get_data(as_text=True)
+    assert 'class="verdict verdict-none"' in page and "No verdict" in page
+    # and it is a baseline like any other
     second = finished(client, config, audit_body(model_id, baseline=first, gates=[
         "clean.top1 >= baseline - 0.05", "clean.ece <= baseline * 1.1", "clean.top1 > baseline"]))
     audit = client.get(f"/v1/audits/{second}", headers=auth()).json
@@ -50,7 +59,7 @@ def test_baseline_gates_and_compare(client, config, store, model_id):
     worse = client.get(f"/v1/audits/{second}/compare?baseline={first}", headers=auth()).json
     top = worse["changes"][0]
     assert (top["metric"], top["change"], top["better"]) == ("clean.top1", "regression", "higher")
-    assert abs(top["delta"] + 0.25) < 1e-12 and worse["verdict"] == {"baseline": "pass", "current": "fail"}
+    assert abs(top["delta"] + 0.25) < 1e-12 and worse["verdict"] == {"baseline": "none", "current": "fail"}
     # no baseline of its own and none named: 422; another tenant sees nothing
     assert_error_body(client.get(f"/v1/audits/{first}/compare", headers=auth()), 422, "validation_error")
     assert_error_body(client.get(f"/v1/audits/{second}/compare", headers=auth("bob")), 404)
@@ -104,3 +113,4 @@ def test_schedule_runs_compare_with_the_previous_successful_run(client, config, 
     assert runs[1]["regressions"][0]["metric"] == "clean.top1" and runs[1]["changes"]["regression"] >= 1
     compared = client.get(f"/v1/audits/{second}/compare", headers=auth()).json
     assert compared["baseline"]["audit_id"] == first and compared["changes"][0]["metric"] == "clean.top1"
+

@@ -65,3 +65,16 @@ def test_runs_show_verdicts_and_deltas(client, config, store, dispatcher, model_
     assert runs[1]["metrics"]["clean.top1"] == runs[0]["metrics"]["clean.top1"] - 0.25
     assert abs(runs[1]["delta"]["clean.top1"] + 0.25) < 1e-12
     assert runs[1]["delta"]["clean.ece"] == 0.0
+
+
+def test_a_schedule_without_gates_is_refused_and_nothing_is_created(client, store, dispatcher):
+    from service.store.models import Schedule
+
+    for gates in ({"gates": []}, {"gates": None}, {}):  # refused before the model is looked up: no upload needed
+        body = {**{k: v for k, v in audit_body("some-model").items() if k != "gates"}, **gates, "cron": "* * * * *"}
+        err = assert_error_body(post_schedule(client, body), 422, "validation_error")
+        assert "a schedule needs at least one gate" in json.dumps(err["details"]["errors"]["gates"]), gates
+    with store.session() as s:
+        assert s.query(Schedule).count() == 0
+    assert client.get("/v1/schedules", headers=auth()).json["total"] == 0
+    assert tick(store, dispatcher, datetime.now(timezone.utc) + timedelta(days=1)) == [] and dispatcher.sent == []

@@ -95,3 +95,18 @@ def _names(report):
     """The artifact files the report lists, as the server names them (relative to artifacts/)."""
     return [str(a).removeprefix("artifacts/") for entry in report["suites"].values()
             for a in entry.get("artifacts") or []]
+
+
+def test_submit_without_gates_has_no_verdict_exit_5_unless_allowed(server, tmp_path, capsys):
+    junit = tmp_path / "junit.xml"
+    once = ("--wait", "--quiet", "--idempotency-key", "no-gates-1")
+    assert submit(server, *once, "--junit", str(junit)) == 5
+    err = capsys.readouterr().err
+    assert "no verdict: no gates were set" in err and "--allow-no-gates" in err
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("1", "0", "1")
+    (skipped,) = root.iter("skipped")
+    assert "no gates were set" in skipped.get("message")
+    # the same audit again (same key, same body), accepted without gates this time
+    assert submit(server, *once, "--allow-no-gates") == 0
+    assert "no verdict" not in capsys.readouterr().err

@@ -151,7 +151,8 @@ def audit(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], label
             the model's input size is theirs.
         labels: N true class indices.
         suites: suite name -> parameters (or a list of names); ``clean`` always runs.
-        gates: e.g. ``["clean.top1>=0.9", "attacks.linf.eps_0.03.robust_accuracy>=0.5"]``.
+        gates: e.g. ``["clean.top1>=0.9", "attacks.robust_accuracy.linf.eps_0p03137>=0.5"]``
+            (``robustaudit metrics`` lists every path; ``eps_0p03137`` is the budget 8/255).
         class_names: one per class; by default "0".."n-1" with n read from the model's output.
         mean, std: per-channel normalisation the model expects (applied inside, so every suite
             works in [0, 1] pixel space); by default none.

@@ -2,7 +2,8 @@
 
 Runs with torch alone (``python -m worker.engine audit ...`` on a bare GPU box).
 Exit codes of ``audit``: 0 every gate passed, 1 a gate failed, 2 bad input, 3 internal
-error, 130 cancelled (Ctrl-C), 141 the reader of our output went away (``| head``).
+error, 5 no verdict (no gates were set; 0 with ``--allow-no-gates``), 130 cancelled (Ctrl-C),
+141 the reader of our output went away (``| head``).
 
 ``--out`` may be reused: what an earlier audit wrote there (report, artifacts) is removed
 first, and nothing else. ``--n-samples`` above the dataset's size uses the whole set and the
@@ -26,12 +27,15 @@ from typing import Any, TextIO
 from . import __version__
 from .compare import compare_reports
 from .errors import AuditCancelled, AuditInputError, SpecError
-from .gates import Baseline, Gate, baseline_gates
-from .humanize import fmt_delta, fmt_eps, fmt_num, fmt_text
+from .gates import Baseline, Gate, Verdict, baseline_gates
+from .humanize import fmt_delta, fmt_eps, fmt_levels, fmt_norm, fmt_num, fmt_text, grey_level_note, sample_size_text
 from .junit import write_junit
 from .metrics import lookup_value
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
+#: no gates were set, so nothing was judged: as pytest's 5 for "no tests collected", a pipeline
+#: whose gates went missing stops instead of passing (``--allow-no-gates`` makes it 0)
+EXIT_NO_VERDICT = 5
 #: 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe
 EXIT_PIPE = 141
 
@@ -140,6 +144,26 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per gate (for CI)")
 
 
+def add_allow_no_gates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-no-gates", action="store_true",
+                   help=f"exit 0 when no gate was set (default: exit {EXIT_NO_VERDICT}, no verdict)")
+
+
+#: said on stderr when an audit without gates ends
+NO_GATES_NOTE = ("no verdict: no gates were set, so nothing was checked against a threshold; add gates "
+                 f"(--gate), or pass --allow-no-gates to accept an audit without them (exit {EXIT_NO_VERDICT})")
+
+
+def verdict_exit_code(verdict: str, allow_no_gates: bool = False) -> int:
+    """The exit code of a finished audit: 0 pass, 1 fail (or anything unknown), 5 no verdict
+    (0 when ``allow_no_gates``)."""
+    if verdict == Verdict.PASS.value:
+        return EXIT_PASS
+    if verdict == Verdict.NONE.value:
+        return EXIT_PASS if allow_no_gates else EXIT_NO_VERDICT
+    return EXIT_FAIL
+
+
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Merge --config with the flags into one raw spec dict (validated later, in one place)."""
     raw: dict[str, Any] = {}
@@ -230,8 +254,9 @@ def metric_label(path: str, leaf: dict[str, Any] | None = None) -> str:
 
 
 def leaf_text(leaf: dict[str, Any]) -> str:
-    """A value for people, with its 95% interval when it has one: ``0.9 [0.78, 0.96]``."""
-    text = fmt_num(leaf.get("value"))
+    """A value for people, with its 95% interval when it has one: ``0.9 [0.78, 0.96]``; a perturbation
+    size in grey levels of an 8-bit image (``0.078/255``)."""
+    text = fmt_norm(leaf.get("value"), leaf.get("unit"))
     ci = leaf.get("ci95")
     if isinstance(ci, list) and len(ci) == 2:
         text += f" [{fmt_num(ci[0], 3)}, {fmt_num(ci[1], 3)}]"
@@ -251,8 +276,11 @@ def gate_lines(gate: dict[str, Any], leaf: dict[str, Any] | None = None) -> list
                 else f" (= {fmt_num(gate['threshold'])})")
     eps = leaf.get("eps") if leaf is not None else None
     where = f" (eps {fmt_eps(float(eps))})" if isinstance(eps, (int, float)) and "eps" in gate["metric"] else ""
+    value = gate.get("value")
+    levels = (f" ({fmt_levels(value)})" if leaf is not None and isinstance(value, (int, float))
+              and leaf.get("unit") in ("linf_norm", "l2_norm") else "")
     text = (f"  gate {gate['metric']}{where} {gate['op']} {expression}{resolved}: "
-            f"value {fmt_num(gate.get('value'))}")
+            f"value {fmt_num(value)}{levels}")
     if "baseline" in gate:
         text += f", baseline {fmt_num(gate.get('baseline'))} ({fmt_delta(gate.get('delta'))})"
     lines = [f"{text}  {mark}"]
@@ -269,16 +297,20 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     Numbers are rounded for reading and eps written as people read them; report.json keeps the
     exact floats.
     """
-    lines = [f"model {report['model']['sha256'][:12]} on {report['dataset']['n_samples']} samples "
+    lines = [f"model {report['model']['sha256'][:12]} on {sample_size_text(report)} "
              f"({report['environment']['device']})"]
     for w in report["dataset"].get("warnings", []):
         lines.append(f"  warning [{w['code']}]: {fmt_text(w['message'])}")
     for name, suite in report["suites"].items():
         lines.append(f"  {name:<12} {suite['status']:<9} {fmt_num(suite['seconds'], 3):>7} s")
-        shown = [f"{metric_label(p, leaf)}={leaf_text(leaf)}" for p, leaf in headline_leaves(name, suite["metrics"])
-                 if leaf.get("value") is not None]
+        headline = [(p, h) for p, h in headline_leaves(name, suite["metrics"]) if h.get("value") is not None]
+        shown = [f"{metric_label(p, h)}={leaf_text(h)}" for p, h in headline]
         for i in range(0, len(shown), 3):
             lines.append("      " + "   ".join(shown[i:i + 3]))
+        for p, h in headline:
+            note = grey_level_note(f"{name}.{p}", h["value"], h.get("unit"))
+            if note:
+                lines.append(f"    note: {note}")
         for w in suite["warnings"]:
             lines.append(f"    warning [{w['code']}]: {fmt_text(w['message'])}")
     baseline = (report.get("audit", {}).get("spec") or {}).get("baseline")
@@ -288,7 +320,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         suite, _, path = str(g["metric"]).partition(".")
         leaf, _, _ = lookup_value((report["suites"].get(suite) or {}).get("metrics") or {}, path)
         lines.extend(gate_lines(g, leaf))
-    lines.append(f"verdict: {report['verdict']}")
+    verdict = report["verdict"]
+    lines.append(f"verdict: {verdict}" + (" (no gates were set)" if verdict == Verdict.NONE.value else ""))
     return lines
 
 
@@ -347,7 +380,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"report for people: {html}")
         if args.junit:
             print(f"junit: {args.junit}")
-    return EXIT_PASS if report["verdict"] == "pass" else EXIT_FAIL
+    code = verdict_exit_code(report["verdict"], getattr(args, "allow_no_gates", False))
+    if code == EXIT_NO_VERDICT:
+        print(f"robustaudit: {NO_GATES_NOTE}", file=sys.stderr)
+    return code
 
 
 def read_report(path: str, what: str) -> dict[str, Any]:
@@ -478,6 +514,7 @@ def _print_params(params: list[dict[str, Any]], indent: str) -> None:
 def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="run an audit locally, without a server")
     add_audit_arguments(p)
+    add_allow_no_gates(p)
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("compare", help="what changed between two reports, the largest regressions first")
     p.add_argument("baseline", help="the earlier report.json")

@@ -1,11 +1,11 @@
-"""Gates: pass/fail thresholds on report metrics, e.g. ``clean.top1 >= 0.9``."""
+"""Gates: pass/fail thresholds on report metrics, e.g. ``clean.top1 >= 0.9``, and the verdict they give."""
 
 from __future__ import annotations
 
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,32 @@ class GateOp(str, Enum):
     LT = "<"
     EQ = "=="
     NE = "!="
+
+
+class Verdict(str, Enum):
+    """An audit's verdict: the one place its values are defined (report, API, CLI, JUnit, page).
+
+    ``none`` is not a pass: no gate was set, so nothing was judged.
+    """
+
+    PASS = "pass"
+    FAIL = "fail"
+    NONE = "none"
+
+
+#: the statuses of a gate that was judged: its value compared with its threshold
+JUDGED_STATUSES = frozenset({"pass", "fail", "unreliable"})
+
+
+def verdict_of(gates: Sequence[Mapping[str, Any]]) -> Verdict:
+    """The verdict of judged gate rows (:func:`evaluate_gates`): ``none`` without gates; ``pass``
+    only when every gate was judged and passed; ``fail`` otherwise, so a gate that was not judged
+    (a status outside :data:`JUDGED_STATUSES`, e.g. a part that did not run) never makes a pass."""
+    if not gates:
+        return Verdict.NONE
+    if all(g.get("passed") is True and g.get("status") in JUDGED_STATUSES for g in gates):
+        return Verdict.PASS
+    return Verdict.FAIL
 
 
 _COMPARE: dict[GateOp, Callable[[float, float], bool]] = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 
 def fmt_eps(eps: float) -> str:
@@ -70,3 +72,60 @@ def fmt_text(text: str) -> str:
         return prefix + (fmt_eps(number) if prefix else fmt_num(number))
 
     return _LONG_DECIMAL.sub(one, text)
+
+
+#: one grey level of an 8-bit image, in the [0, 1] pixel units every budget and norm is in
+GREY_LEVEL = 1 / 255
+#: metric units that are perturbation sizes in pixel units
+_NORM_UNITS = ("linf_norm", "l2_norm")
+
+
+def fmt_levels(x: float) -> str:
+    """A size in pixel units as grey levels of an 8-bit image: ``0.078/255`` for 0.0003065."""
+    levels = x * 255
+    return f"{fmt_num(levels, 2 if abs(levels) < 1 else 3)}/255"
+
+
+def fmt_norm(value: float | None, unit: str | None) -> str:
+    """A perturbation size for people: an L∞ norm in grey levels (``0.078/255``), an L2 norm as its
+    number with the grey levels beside it (``0.0123 (3.14/255)``); anything else as :func:`fmt_num`."""
+    if value is None or not math.isfinite(value) or unit not in _NORM_UNITS:
+        return fmt_num(value)
+    if unit == "linf_norm":
+        return fmt_levels(value)
+    return f"{fmt_num(value)} ({fmt_levels(value)})"
+
+
+def below_grey_level(value: float | None, unit: str | None) -> bool:
+    """A perturbation size above zero but under one grey level of an 8-bit image."""
+    return (unit in _NORM_UNITS and value is not None and math.isfinite(value)
+            and 0 < value < GREY_LEVEL)
+
+
+def grey_level_note(label: str, value: float | None, unit: str | None) -> str | None:
+    """What a perturbation under one grey level means, or None when it is not under one."""
+    if not below_grey_level(value, unit):
+        return None
+    assert value is not None
+    return (f"{label} = {fmt_norm(value, unit)} is below one grey level (1/255): smaller than the step between "
+            "8-bit pixel values, so an adversarial image saved at 8 bits would not hold this perturbation as "
+            "computed; the model changes its answer for a change no 8-bit image can show")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def sample_size_text(report: Mapping[str, Any]) -> str:
+    """The data's class count beside the model's: ``17 samples of 5 classes; the model has 1000``
+    (the report's ``dataset.classes`` lists every class of the model with its sample count)."""
+    dataset = report.get("dataset") or {}
+    n = dataset.get("n_samples")
+    classes = [c for c in dataset.get("classes") or [] if isinstance(c, Mapping)]
+    present = sum(1 for c in classes if isinstance(c.get("n"), int) and c["n"] > 0)
+    model = (report.get("model") or {}).get("num_classes")
+    samples = _count(n, "sample", "samples") if isinstance(n, int) else "? samples"
+    text = f"{samples} of {_count(present, 'class', 'classes')}"
+    if isinstance(model, int) and model != present:
+        text += f"; the model has {model}"
+    return text

@@ -3,7 +3,8 @@
 A failed gate's ``<failure>`` carries the value, the threshold (resolved, and as written for a
 baseline gate), the baseline and delta, and its flags (unreliable, few samples). An audit that
 could not run at all is one test case with an ``<error>``, so the CI page says why instead of
-"no tests".
+"no tests". An audit without gates has no verdict: one test case marked ``<skipped>`` with the
+reason, never a passing one.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .gates import Verdict
 from .humanize import fmt_delta, fmt_num, fmt_text
 
 SUITE_NAME = "robustaudit"
+#: the reason of the skipped test case of an audit without gates
+NO_GATES_REASON = "no verdict: no gates were set, so nothing was checked against a threshold"
 
 
 def gate_message(gate: Mapping[str, Any]) -> str:
@@ -39,7 +43,7 @@ def junit_xml(report: Mapping[str, Any] | None, *, error: str | None = None, sec
     """The JUnit document of a finished report, or of an audit that ended with ``error``."""
     suite = ET.Element("testsuite", name=SUITE_NAME)
     cases = 0
-    failures = errors = 0
+    failures = errors = skipped = 0
     if report is None:
         case = ET.SubElement(suite, "testcase", classname=SUITE_NAME, name="audit")
         ET.SubElement(case, "error", message=error or "the audit did not finish").text = error or ""
@@ -56,15 +60,18 @@ def junit_xml(report: Mapping[str, Any] | None, *, error: str | None = None, sec
                 ET.SubElement(case, "failure", message=message, type=str(gate.get("status", "fail"))).text = message
             elif gate.get("few_samples") or gate.get("status") == "unreliable":
                 ET.SubElement(case, "system-out").text = message  # passed, but a reader should know
-        if not cases:  # no gates: the audit itself is the one test, passed
-            ET.SubElement(suite, "testcase", classname=SUITE_NAME, name=f"audit verdict {report.get('verdict')}")
-            cases = 1
+        if not cases:  # no gates: nothing was judged, and a CI page must not show it as passed
+            case = ET.SubElement(suite, "testcase", classname=SUITE_NAME, name=f"audit verdict {Verdict.NONE.value}")
+            ET.SubElement(case, "skipped", message=NO_GATES_REASON).text = NO_GATES_REASON
+            cases, skipped = 1, 1
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("errors", str(errors))
+    suite.set("skipped", str(skipped))
     if seconds is not None:
         suite.set("time", f"{seconds:.3f}")
-    root = ET.Element("testsuites", name=SUITE_NAME, tests=str(cases), failures=str(failures), errors=str(errors))
+    root = ET.Element("testsuites", name=SUITE_NAME, tests=str(cases), failures=str(failures), errors=str(errors),
+                      skipped=str(skipped))
     root.append(suite)
     body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return body

@@ -14,9 +14,11 @@ import torch
 
 from . import __version__
 from .classifier import Classifier
+from .gates import verdict_of
 from .samples import SampleSet
 
-SCHEMA_VERSION = "1.0"
+#: 1.1: the verdict may be "none" (no gates were set)
+SCHEMA_VERSION = "1.1"
 
 
 def utc_now() -> str:
@@ -55,7 +57,6 @@ def dataset_section(samples: SampleSet, warnings: list[dict[str, Any]]) -> dict[
 def build_report(*, spec: dict[str, Any], started: str, finished: str, classifier: Classifier,
                  samples: SampleSet, suites: dict[str, dict[str, Any]], gates: list[dict[str, Any]],
                  warnings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    verdict = "pass" if all(g["passed"] for g in gates) else "fail"
     return {
         "schema_version": SCHEMA_VERSION,
         "audit": {"spec": spec, "started": started, "finished": finished},
@@ -64,7 +65,7 @@ def build_report(*, spec: dict[str, Any], started: str, finished: str, classifie
         "environment": environment(classifier.device),
         "suites": suites,
         "gates": gates,
-        "verdict": verdict,
+        "verdict": verdict_of(gates).value,
     }
 
 

@@ -8,11 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from .card import ModelCard
+
+
+@dataclass(frozen=True)
+class Population:
+    """The audit's whole sample as every shard of it sees it: what a shard needs to choose alike
+    whichever shard it is (the classes present, the first sample id), without the images.
+
+    Args:
+        ids: every sample id of the audit, in sample order.
+        labels: their labels (model class indices once aligned with the card).
+    """
+
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    @cached_property
+    def classes(self) -> tuple[int, ...]:
+        """The labels present, sorted."""
+        return tuple(sorted(set(self.labels)))
 
 
 @dataclass
@@ -25,6 +45,8 @@ class SampleSet:
         ids: stable sample ids, e.g. ``"digits:1203"``; used to key per-sample results.
         class_names: the dataset's class names, index = label.
         reference: the dataset reference the sample was drawn from (for the report).
+        whole: the audit's whole sample when this set is a shard of it (set by :meth:`subset`);
+            None: this set is the whole sample.
     """
 
     images: list[torch.Tensor]
@@ -32,6 +54,7 @@ class SampleSet:
     ids: list[str]
     class_names: list[str]
     reference: dict = field(default_factory=dict)
+    whole: Population | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.images) == len(self.ids) == int(self.labels.numel())):
@@ -44,6 +67,13 @@ class SampleSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def population(self) -> Population:
+        """The audit's whole sample: this set's own ids and labels unless it is a shard."""
+        if self.whole is not None:
+            return self.whole
+        return Population(tuple(self.ids), tuple(int(v) for v in self.labels.tolist()))
+
     def subset(self, indices: Sequence[int]) -> SampleSet:
         """The samples at ``indices``, in that order (a shard of an audit)."""
         idx = list(indices)
@@ -51,7 +81,7 @@ class SampleSet:
                          labels=self.labels[torch.as_tensor(idx, dtype=torch.long)] if idx
                          else self.labels[:0],
                          ids=[self.ids[i] for i in idx], class_names=list(self.class_names),
-                         reference=dict(self.reference))
+                         reference=dict(self.reference), whole=self.population)
 
     def shards(self, count: int) -> list[SampleSet]:
         """Split into ``count`` contiguous shards of near-equal size (none empty)."""

@@ -21,6 +21,10 @@ from ..safe_files import read_regular, regular_size, split_name
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: fragile artifacts are <sample>_<rkey>_maps.png / _pairs.png (rkey r80 or r_0p8): one card per (sample, r)
 _FRAGILE = re.compile(r"^(?P<stem>.+_r_?[0-9p]+)_(?P<kind>maps|pairs)\.png$")
+#: captions of one-file cards whose file name says what they show (else the file's stem)
+_CAPTIONS = ((re.compile(r"^corruption_examples_(?P<family>[a-z]+)\.png$"),
+              "{family} corruptions of the audit's first sample at severities 1, 3 and 5; red, marked x: the "
+              "model's class is not the true class"),)
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,11 @@ def _cards(suite: str, names: list[str]) -> list[Card]:
         grouped = {rel for kinds in by_stem.values() for rel in kinds.values()}
         names = [rel for rel in names if rel not in grouped]
     for rel in names:
-        stem = rel.rsplit("/", 1)[-1].removesuffix(".png")
-        cards.append(Card(stem.replace("_", " "), [Picture(stem, rel)]))
+        file = rel.rsplit("/", 1)[-1]
+        stem = file.removesuffix(".png")
+        caption = next((words.format(**m.groupdict()) for pattern, words in _CAPTIONS if (m := pattern.match(file))),
+                       stem)
+        cards.append(Card(stem.replace("_", " "), [Picture(caption, rel)]))
     return cards
 
 

@@ -38,6 +38,8 @@ class Plot:
         alt: a sentence for the image's alt text.
         thresholds: the gate thresholds drawn, as (metric, op, threshold) triples.
         ticks: the x tick labels, as written (eps as a person reads it: ``8/255``).
+        note: why the figure was left out (``png`` is then empty): the page shows the note in
+            its place instead of an empty set of axes.
     """
 
     title: str
@@ -45,6 +47,7 @@ class Plot:
     alt: str
     thresholds: list[tuple[str, str, float]] = field(default_factory=list)
     ticks: list[str] = field(default_factory=list)
+    note: str | None = None
 
 
 def _label(text: Any) -> str:
@@ -260,10 +263,18 @@ def modify_mimic(entry: Mapping[str, Any]) -> Plot | None:
     targeted = entry.get("metrics", {}).get("targeted")
     if not isinstance(targeted, Mapping):
         return None
+    from ..suites.attacks.targeted import MIN_ATTEMPTS
+
     modify, mimic = targeted.get("modify") or {}, targeted.get("mimic") or {}
-    names = [c for c in modify if c in mimic]
-    if not names:
-        return None
+    # a rate on one attempt is 0 or 1: a class enters with MIN_ATTEMPTS on each side, as in the engine
+    names = [c for c in modify if c in mimic and _attempts(modify[c]) >= MIN_ATTEMPTS
+             and _attempts(mimic[c]) >= MIN_ATTEMPTS]
+    if len(names) < 2:
+        meta = ((entry.get("metadata") or {}).get("targeted") or {}).get("plot_note")
+        note = meta if isinstance(meta, str) else (
+            f"Left out: {len(names)} classes have modify and mimic rates on at least {MIN_ATTEMPTS} attempts each "
+            "(2 needed); the rates are in the per-class table and report.json")
+        return Plot("Modify against mimic per class", b"", "", note=note)
     fig = _figure(4.8, 4.4)
     ax = fig.subplots()
     xs = [_value(modify[c]) for c in names]
@@ -287,6 +298,11 @@ def modify_mimic(entry: Mapping[str, Any]) -> Plot | None:
     rank = f"Spearman rank correlation {fmt_num(rho, 2)}" if isinstance(rho, (int, float)) else ""
     ax.set_title(title + ("\n" + rank if rank else ""), fontsize=9)
     return Plot(title, _png(fig), "scatter of modify rate against mimic rate, one point per class")
+
+
+def _attempts(leaf: Any) -> int:
+    n = leaf.get("n") if isinstance(leaf, Mapping) else None
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) else 0
 
 
 def suite_plots(name: str, entry: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) -> list[Plot]:

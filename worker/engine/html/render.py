@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..humanize import fmt_eps, fmt_num
+from ..gates import Verdict
+from ..humanize import fmt_eps, fmt_norm, fmt_num, grey_level_note, sample_size_text
 from ..metrics import is_leaf, iter_leaves
 from .gallery import DEFAULT_LIMITS, GalleryLimits, build_gallery
 from .plots import suite_plots
@@ -123,7 +124,9 @@ def headline_rows(name: str, metrics: Mapping[str, Any]) -> list[dict[str, Any]]
             context.append(f"eps {fmt_eps(float(leaf['eps']))}")
         if _number(leaf.get("r")) is not None:
             context.append(f"r {fmt_num(float(leaf['r']))}")
-        rows.append({"path": f"{name}.{path}", "value": _number(leaf.get("value")), "unit": leaf.get("unit"),
+        value, unit = _number(leaf.get("value")), leaf.get("unit")
+        rows.append({"path": f"{name}.{path}", "value": value, "unit": unit, "text": fmt_norm(value, unit),
+                     "note": grey_level_note(f"{name}.{path}", value, unit),
                      "n": leaf.get("n"), "description": str(leaf.get("description", "")),
                      "context": ", ".join(context), "ci95": leaf_interval(leaf, _parent(metrics, path))})
     return rows
@@ -153,18 +156,51 @@ def per_class_table(name: str, metrics: Mapping[str, Any]) -> dict[str, Any] | N
     return {"columns": [t for t, _ in columns], "rows": rows, "total": len(classes)}
 
 
+#: suitability flags (attacks.suitability.flags.<flag>) that the warnings section names whenever an image carries one
+SUITABILITY_WARNED = ("falls_at_every_budget", "falls_at_no_budget", "low_margin")
+
+
 def _warnings(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     found = [{"where": "dataset", **explain(w)} for w in report.get("dataset", {}).get("warnings") or []]
     for name, entry in (report.get("suites") or {}).items():
-        found += [{"where": name, **explain(w)} for w in entry.get("warnings") or []]
+        own = [w for w in entry.get("warnings") or [] if isinstance(w, dict)]
+        found += [{"where": name, **explain(w)} for w in own]
+        found += [{"where": name, **explain(w)} for w in _flag_warnings(entry, {str(w.get("code")) for w in own})]
     return found
 
 
-def _verdict_sentence(verdict: str, gates: list[dict[str, Any]]) -> str:
-    if not gates:
+def _flag_warnings(entry: Mapping[str, Any], have: set[str]) -> list[dict[str, Any]]:
+    """Suitability flags on some images that the suite's warnings do not name (a report from an
+    earlier engine has the counts only): the page never says "None" while they exist."""
+    flags = ((entry.get("metrics") or {}).get("suitability") or {}).get("flags") or {}
+    out = []
+    for code in SUITABILITY_WARNED:
+        leaf = flags.get(code) if isinstance(flags, Mapping) else None
+        if code in have or not isinstance(leaf, Mapping):
+            continue
+        count = _number(leaf.get("value"))
+        if count:
+            out.append({"code": code, "message": f"{fmt_num(count)} of {leaf.get('n')} images are flagged {code} "
+                                                 "(attacks.suitability.flags)", "details": {"images": count}})
+    return out
+
+
+def _verdict(report: Mapping[str, Any]) -> Verdict:
+    """The report's verdict; one the page does not know is shown as a fail, never as a pass."""
+    try:
+        return Verdict(report.get("verdict"))
+    except ValueError:
+        return Verdict.FAIL
+
+
+def _verdict_sentence(verdict: Verdict, gates: list[dict[str, Any]]) -> str:
+    if verdict is Verdict.NONE:
+        return ("Nothing was checked against a threshold, so nothing passed or failed: the numbers below are "
+                "measurements only. Set gates to get a verdict.")
+    if not gates:  # a report written before the verdict "none" existed
         return "No gates were set: nothing was checked against a threshold."
     failed = [g for g in gates if not g["passed"]]
-    if verdict == "pass":
+    if verdict is Verdict.PASS:
         return f"All {len(gates)} gate{'s' if len(gates) != 1 else ''} passed."
     return f"{len(failed)} of {len(gates)} gate{'s' if len(gates) != 1 else ''} did not pass."
 
@@ -184,10 +220,11 @@ def report_context(report: Mapping[str, Any], out_dir: Path | None,
                        "per_class": per_class_table(name, entry.get("metrics") or {}),
                        "unreliable": entry.get("unreliable"),
                        "n_artifacts": len(entry.get("artifacts") or [])})
-    verdict = str(report.get("verdict", "fail"))
-    return {"verdict": verdict, "verdict_sentence": _verdict_sentence(verdict, gates), "gates": gates,
+    verdict = _verdict(report)
+    return {"verdict": verdict.value, "verdict_sentence": _verdict_sentence(verdict, gates), "gates": gates,
             "failed": [g for g in gates if not g["passed"]], "warnings": _warnings(report),
             "model": report.get("model") or {}, "dataset": report.get("dataset") or {},
+            "sample_size": sample_size_text(report),
             "environment": report.get("environment") or {}, "audit": report.get("audit") or {},
             "suites": suites, "gallery": build_gallery(suites_in, out_dir, limits),
             "engine_version": __version__, "schema_version": report.get("schema_version")}

@@ -34,6 +34,17 @@ FLAG_WORDS: dict[str, str] = {
     "generator_seeds_rejected": "The model recognised few of the generator's images, so the generator-layer "
                                 "numbers rest on few seeds.",
     "fragile_region_too_small": "Some region sizes were too small for some images and were skipped there.",
+    "falls_at_every_budget": "Some images fall even at the smallest budget: robust accuracy cannot tell them "
+                             "apart, and when most images do, the budgets say nothing. Smaller budgets "
+                             "(the message suggests some) would.",
+    "falls_at_no_budget": "Some images survive even the largest budget: either the model is robust there, or its "
+                          "gradients are masked. Larger budgets, or a gradient-free attack, tell which.",
+    "low_margin": "The model barely classifies some images (a small clean margin): any perturbation flips them, "
+                  "which says little about robustness; the 'unflagged' numbers leave them out.",
+    "targeted_targets_present": "The sample holds few of the model's classes, so the targeted study aimed at the "
+                                "classes present: each class then has a modify and a mimic rate.",
+    "targeted_few_attempts": "The targeted study has too few attempts per class for a rank correlation or a "
+                             "plot; those were left out rather than drawn from one or two attempts.",
 }
 
 #: gate status -> how the page names it

@@ -3,21 +3,25 @@
 An ONNX file is a protobuf graph of standard operators, not code, so every suite (attacks
 included: the converted module has gradients) runs on it. Before it is trusted:
 
-- the file is bounded (:data:`MAX_ONNX_BYTES`, protobuf's own 2 GiB limit) and parsed without
-  reading external data; a tensor stored in another file (``data_location: EXTERNAL``) is
-  refused, since its path would name a file of the server;
+- the graph is bounded (:data:`MAX_ONNX_BYTES`, protobuf's own 2 GiB limit) and parsed without
+  its external data;
 - only the standard operator domain is accepted (``""`` / ``ai.onnx``): custom domains and
-  model-local functions are refused, and the graph (with its subgraphs) has at most
-  :data:`MAX_ONNX_NODES` nodes;
+  model-local functions are refused, and the graphs (with their subgraphs and ``training_info``'s)
+  have at most :data:`MAX_ONNX_NODES` nodes;
+- external data (weights in a file beside the graph) is read only from the upload's own folder:
+  a zip holding the model and its data files (:mod:`.onnx_bundle`), or, for a bare ``.onnx`` file,
+  the folder it lies in; every tensor slot's reference is checked first (:mod:`.onnx_external`);
 - the converted ``torch.fx`` graph is checked by :func:`~.operators.check_converted_graph`:
-  only torch.nn and onnx2torch's converter modules and allowed operators.
+  only torch.nn, onnx2torch's and our converter modules, and allowed operators.
 
-onnx2torch covers the common opsets (up to about 18); an operator it does not convert is a
-clear refusal, not a fallback.
+Conversion takes two routes: onnx2torch with the converters of :mod:`.onnx_converters` (opsets up
+to 21), then, for a graph that route cannot convert, the graph down-converted to an older opset
+where that is exact (:mod:`.onnx_versions`). An operator neither converts is a clear refusal.
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,17 @@ import torch
 
 from ..card import ModelCard
 from ..errors import ModelCardError, ModelLoadError
+from . import onnx_converters
+from .onnx_bundle import check_bundle
+from .onnx_external import FolderFiles, ZipFiles, external_refs, load_external_data, model_graphs
+from .onnx_versions import TARGET_OPSETS, downconvert, standard_opset
 from .operators import check_converted_graph
 
 MAX_ONNX_BYTES = 2**31 - 1
 MAX_ONNX_NODES = 100_000
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
-#: the modules a converted graph may call: torch's layers and onnx2torch's operator modules
-CONVERTED_MODULES = ("torch.nn.modules.", "onnx2torch.node_converters.")
+#: the modules a converted graph may call: torch's layers, onnx2torch's and our operator modules
+CONVERTED_MODULES = ("torch.nn.modules.", "onnx2torch.node_converters.", onnx_converters.MODULE_PREFIX)
 
 
 def _onnx() -> tuple[Any, Any]:
@@ -45,21 +53,49 @@ def _onnx() -> tuple[Any, Any]:
     return onnx, convert
 
 
-def read_onnx(path: Path) -> Any:
-    """The ModelProto of ``path``, without its external data, after the size bound."""
-    size = path.stat().st_size
-    if size > MAX_ONNX_BYTES:
-        raise ModelLoadError(f"{path.name} is {size} bytes, above the {MAX_ONNX_BYTES}-byte limit of an ONNX file")
+def _parse(raw: bytes, label: str) -> Any:
     onnx, _ = _onnx()
     try:
-        return onnx.load_model(str(path), load_external_data=False)
+        return onnx.load_model_from_string(raw)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends have no common base
-        raise ModelLoadError(f"{path.name} is not a readable ONNX file: {str(exc)[:200]}") from None
+        raise ModelLoadError(f"{label} is not a readable ONNX file: {str(exc)[:200]}") from None
 
 
-def _graphs(graph: Any) -> Iterator[Any]:
-    """The graph and every subgraph of an If/Loop/Scan attribute, without recursion."""
-    stack = [graph]
+def _bounded(size: int, label: str) -> None:
+    if size > MAX_ONNX_BYTES:
+        raise ModelLoadError(f"{label} is {size} bytes, above the {MAX_ONNX_BYTES}-byte limit of an ONNX file")
+
+
+def read_onnx(path: Path) -> Any:
+    """The ModelProto of a bare ``.onnx`` file, without its external data, after the size bound."""
+    _bounded(path.stat().st_size, path.name)
+    return _parse(path.read_bytes(), path.name)
+
+
+def read_onnx_with_data(path: Path) -> Any:
+    """The checked ModelProto of ``path`` with its external data read in (nothing is left to open).
+
+    ``path`` is a bare ``.onnx`` file, whose data files lie beside it, or a zip holding one ``.onnx``
+    file and its data files. The graph is checked (:func:`check_onnx_model`) before any data is read.
+    """
+    label = path.name
+    if not zipfile.is_zipfile(path):
+        model = read_onnx(path)
+        check_onnx_model(model, label=label)
+        load_external_data(model, FolderFiles(path.parent, label=label), label=label)
+        return model
+    bundle = check_bundle(path, name=label)
+    with zipfile.ZipFile(path) as archive:
+        _bounded(archive.getinfo(bundle.model).file_size, f"{label} ({bundle.model})")
+        model = _parse(archive.read(bundle.model), f"{label} ({bundle.model})")
+        check_onnx_model(model, label=label)
+        load_external_data(model, ZipFiles(archive, bundle, label=label), label=label)
+    return model
+
+
+def _graphs(model: Any) -> Iterator[Any]:
+    """Every graph of the model (``training_info``'s included) and every subgraph, without recursion."""
+    stack = [graph for _, graph in model_graphs(model)]
     while stack:
         g = stack.pop()
         yield g
@@ -70,24 +106,8 @@ def _graphs(graph: Any) -> Iterator[Any]:
                 stack.extend(attr.graphs)
 
 
-def _tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto a graph stores: initializers, sparse ones, and constant attributes."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-                yield attr.sparse_tensor.indices
-
-
 def check_onnx_model(model: Any, *, label: str) -> None:
-    """Refuse custom domains, local functions, external data and oversized graphs.
+    """Refuse custom domains, local functions and oversized graphs; check every external reference.
 
     Raises:
         ModelLoadError: naming what was refused.
@@ -101,8 +121,7 @@ def check_onnx_model(model: Any, *, label: str) -> None:
         raise ModelLoadError(f"{label}: the ONNX model defines {len(model.functions)} local functions ({first}); "
                              "only standard operators are accepted", operator=first)
     nodes = 0
-    external = 1  # onnx.TensorProto.EXTERNAL, without importing onnx here
-    for graph in _graphs(model.graph):
+    for graph in _graphs(model):
         nodes += len(graph.node)
         if nodes > MAX_ONNX_NODES:
             raise ModelLoadError(f"{label}: the ONNX graph has more than {MAX_ONNX_NODES} nodes")
@@ -111,11 +130,7 @@ def check_onnx_model(model: Any, *, label: str) -> None:
                 raise ModelLoadError(f"{label}: ONNX node {node.name or node.op_type!r} is "
                                      f"{node.domain}::{node.op_type}, a custom domain; only standard operators "
                                      "are accepted", operator=f"{node.domain}::{node.op_type}")
-        for tensor in _tensors(graph):
-            if tensor.data_location == external or len(tensor.external_data):
-                raise ModelLoadError(f"{label}: ONNX tensor {tensor.name!r} is stored in an external file; "
-                                     "refused (save the model with its weights inside: onnx.save(model, path, "
-                                     "save_as_external_data=False))", member=tensor.name)
+    external_refs(model, label=label)
 
 
 def _check_input(model: Any, card: ModelCard, label: str) -> None:
@@ -144,19 +159,49 @@ def fixed_batch(model: Any) -> int | None:
     return None
 
 
-def load_onnx_module(path: Path, card: ModelCard) -> tuple[torch.nn.Module, int | None]:
-    """The checked, converted module and its fixed batch size (None: any batch)."""
-    model = read_onnx(path)
-    check_onnx_model(model, label=path.name)
-    _check_input(model, card, path.name)
+def convert_onnx(model: Any, *, label: str) -> tuple[torch.nn.Module, str]:
+    """(the checked torch module in eval mode, the route that converted it) of a checked ModelProto with its data.
+
+    The direct route first; then, when an operator version has no converter, the graph down-converted
+    to each opset of :data:`~.onnx_versions.TARGET_OPSETS` below its own.
+    """
     _, convert = _onnx()
+    onnx_converters.register()
+    source = standard_opset(model)
+    try:
+        module, route = _convert(convert, model, label), "direct"
+    except NotImplementedError as exc:
+        first = exc
+        for target in (t for t in TARGET_OPSETS if t < source):
+            try:
+                older = downconvert(model, target, label=label)
+                module, route = _convert(convert, older, label), f"opset {source} -> {target}"
+                break
+            except (NotImplementedError, ModelLoadError):
+                continue
+        else:
+            raise ModelLoadError(f"{label}: {str(first)[:300]}; this ONNX operator (or opset version) has no "
+                                 f"exact torch conversion, directly or down-converted to opset "
+                                 f"{' or '.join(str(t) for t in TARGET_OPSETS if t < source) or '-'}") from None
+    check_converted_graph(module, label=label, module_prefixes=CONVERTED_MODULES)
+    return module.eval(), route  # onnx2torch returns it in training mode (batch statistics, dropout)
+
+
+def _convert(convert: Any, model: Any, label: str) -> torch.nn.Module:
     try:
         # The ModelProto, not the path: onnx2torch would write a shape-inferred copy beside the file.
-        module = convert(model)
-    except NotImplementedError as exc:
-        raise ModelLoadError(f"{path.name}: {str(exc)[:300]}; this ONNX operator (or opset version) has no torch "
-                             "conversion in onnx2torch: export with another opset") from None
+        module: torch.nn.Module = convert(model)
+    except NotImplementedError:
+        raise
     except Exception as exc:  # noqa: BLE001 - onnx's shape inference raises its own types
-        raise ModelLoadError(f"{path.name} cannot be converted to torch: {str(exc)[:300]}") from None
-    check_converted_graph(module, label=path.name, module_prefixes=CONVERTED_MODULES)
+        raise ModelLoadError(f"{label} cannot be converted to torch: {str(exc)[:300]}") from None
+    return module
+
+
+def load_onnx_module(path: Path, card: ModelCard) -> tuple[torch.nn.Module, int | None]:
+    """The checked, converted module and its fixed batch size (None: any batch)."""
+    model = read_onnx_with_data(path)
+    _check_input(model, card, path.name)
+    del model.training_info[:]  # training graphs are not run; their references were checked
+    module, _ = convert_onnx(model, label=path.name)
     return module.float().eval(), fixed_batch(model)

@@ -11,6 +11,7 @@ import torch
 
 from ...attacks.rng import SampleSeeds, sample_seed
 from ...classifier import Classifier
+from ...samples import Population
 from ..base import SuiteContext
 
 T = TypeVar("T")
@@ -131,6 +132,7 @@ class Shard:
         ids: the sample ids, in the order of ``x``.
         attacked: which samples are attacked (classified correctly on the clean image).
         progress: this part's fraction done.
+        population: the audit's whole sample (ids and labels), the same in every shard.
     """
 
     ctx: SuiteContext
@@ -140,6 +142,7 @@ class Shard:
     ids: list[str]
     attacked: torch.Tensor
     progress: Callable[[float], None]
+    population: Population
 
     @property
     def clf(self) -> Classifier:

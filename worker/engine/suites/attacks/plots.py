@@ -50,10 +50,12 @@ def robust_accuracy_plot(path: Path, metrics: dict[str, Any], params: dict[str, 
     return _save(plt, fig, path)
 
 
-def modify_mimic_plot(path: Path, targeted: dict[str, Any]) -> Path:
-    """Modify rate against mimic rate per class, annotated with the class names."""
+def modify_mimic_plot(path: Path, targeted: dict[str, Any], min_attempts: int = 1) -> Path:
+    """Modify rate against mimic rate per class, annotated with the class names: the classes whose
+    two rates each rest on at least ``min_attempts`` attempts."""
     plt = _pyplot()
-    names = [c for c in targeted["modify"] if c in targeted["mimic"]]
+    names = [c for c in targeted["modify"] if c in targeted["mimic"] and targeted["modify"][c]["n"] >= min_attempts
+             and targeted["mimic"][c]["n"] >= min_attempts]
     xs = [targeted["modify"][c]["value"] for c in names]
     ys = [targeted["mimic"][c]["value"] for c in names]
     fig, ax = plt.subplots(figsize=(4.5, 4.2))

@@ -27,7 +27,7 @@ from .plots import robust_accuracy_plot
 from .regional import RegionalPart
 from .robustness import Cost, CostTable, merge_costs, robustness_metrics, run_untargeted
 from .sanity import eot_summary, probe, sanity_warnings, unreliable_metrics
-from .suitability import suitability_metrics
+from .suitability import suitability_metrics, suitability_warnings
 from .targeted import TargetedPart
 from .transfer import TransferPart
 
@@ -120,7 +120,8 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
             records[sid].attacks = untargeted[sid]
 
         def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
-            return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress)
+            return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress,
+                         population=samples.population)
 
         parts = self.run_parts(params, inputs, ctx.progress, start=CORE_UNITS, total=total)
         return {"samples": {sid: r.to_json() for sid, r in records.items()}, "cost": cost, "parts": parts}
@@ -162,9 +163,14 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         for _, res in results:
             artifacts += res.artifacts
         warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
+        warnings += suitability_warnings(records, params, metrics)
         metadata = {"attacks": {norm: attacks_for(params, norm) for norm in params["norms"]},
                     "cascade": params["cascade"], "eot": eot_summary(records, params),
                     "cost": _rounded(partial["cost"])}
+        for name, res in results:  # a part's warnings after the sanity flags; its notes under its name
+            warnings += res.warnings
+            if res.extra:
+                metadata[name] = res.extra
         extra: dict[str, Any] = {"metadata": metadata}
         unreliable = unreliable_metrics(records, warnings, params, self.metric_paths(params))
         if unreliable is not None:

@@ -10,8 +10,9 @@ import torch
 from ...metrics import Unit, metric, proportion
 from ...params import Param, ParamKind, ParamSchema
 from ..parts import Part, PartResult
+from .artifacts import corruption_grid
 from .common import Final, Progress, Shard, mean, predictions
-from .corruptions import CORRUPTIONS, SampleRandom, corrupt, sample_seed
+from .corruptions import CORRUPTIONS, CorruptionFamily, SampleRandom, corrupt, sample_seed
 
 SCHEMA = ParamSchema((
     Param("enabled", ParamKind.BOOL, True, "run the common corruptions (ImageNet-C)"),
@@ -19,7 +20,12 @@ SCHEMA = ParamSchema((
           choices=tuple(CORRUPTIONS), max_items=len(CORRUPTIONS)),
     Param("severities", ParamKind.INT_LIST, [1, 2, 3, 4, 5], "ImageNet-C severities", minimum=1, maximum=5,
           max_items=5),
+    Param("examples", ParamKind.BOOL, True, "save the first sample under each corruption at severities 1, 3 "
+          "and 5, with the model's class for each (one PNG per corruption family)"),
 ))
+
+#: the severities an example row shows, whatever severities are measured
+EXAMPLE_SEVERITIES = (1, 3, 5)
 
 
 def units(params: Mapping[str, Any]) -> int:
@@ -27,13 +33,14 @@ def units(params: Mapping[str, Any]) -> int:
 
 
 def run(inp: Shard) -> dict[str, Any]:
-    """Per sample id: corruption -> [correct at each requested severity]."""
+    """Per sample id: corruption -> [correct at each requested severity]; the first sample of the audit
+    also has "examples": its example PNGs."""
     ctx, samples, params = inp.ctx, inp.samples, inp.params["corruptions"]
     progress = Progress(inp.progress, units(params))
     clf = ctx.classifier
     x = samples.prepared(clf.card)
     labels = samples.labels.to(clf.device)
-    out: dict[str, dict[str, list[bool]]] = {sid: {} for sid in samples.ids}
+    out: dict[str, dict[str, Any]] = {sid: {} for sid in samples.ids}
     step = max(1, clf.batch.size)
     n = len(samples)
     for name in params["names"]:
@@ -48,7 +55,46 @@ def run(inp: Shard) -> dict[str, Any]:
             for sid, ok in zip(samples.ids, hits):
                 out[sid].setdefault(name, []).append(bool(ok))
             progress.step()
+    first = samples.population.ids[0] if samples.population.ids else None
+    if params["examples"] and first in out:  # one image per audit: only the shard holding the first sample draws it
+        k = samples.ids.index(first)
+        out[first]["examples"] = examples(inp, x[k:k + 1].to(clf.device), int(labels[k]), first, params["names"])
     return out
+
+
+def examples(inp: Shard, image: torch.Tensor, label: int, sid: str, names: list[str]) -> list[str]:
+    """The example PNGs of one image (1 x C x H x W on the model's device), one per corruption family;
+    the corrupted images are the ones measured (the same per-sample random streams)."""
+    ctx, clf = inp.ctx, inp.ctx.classifier
+    rows: dict[CorruptionFamily, list[dict[str, Any]]] = {}
+    with torch.no_grad():
+        clean_pred = int(predictions(clf, image)[0])
+        for name in names:
+            images, preds = [_uint8(image[0])], [clean_pred]
+            for severity in EXAMPLE_SEVERITIES:
+                rng = SampleRandom.from_seeds([sample_seed(ctx.seed, sid, name, severity)], clf.device)
+                corrupted = corrupt(image, name, severity, rng)
+                images.append(_uint8(corrupted[0]))
+                preds.append(int(predictions(clf, corrupted)[0]))
+            rows.setdefault(CORRUPTIONS[name][0], []).append(
+                {"name": name, "label": label, "images": images, "preds": preds})
+    names_of = list(clf.card.class_names)
+    files = []
+    for family, family_rows in rows.items():
+        path = ctx.artifacts.path(ctx.suite, f"corruption_examples_{family.value}.png")
+        corruption_grid(family_rows, path, title=f"{family.value} corruptions of one image (true class: "
+                        f"{_class(label, names_of)})", class_names=names_of, severities=EXAMPLE_SEVERITIES)
+        files.append(ctx.artifacts.relative(path))
+    return files
+
+
+def _uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _class(index: int, names: list[str]) -> str:
+    name = names[index] if 0 <= index < len(names) else str(index)
+    return name if len(name) <= 24 else name[:23] + "…"
 
 
 def metrics(records: dict[str, dict[str, list[bool]]], clean: Mapping[str, Any], params: Mapping[str, Any]
@@ -126,4 +172,5 @@ class CorruptionsPart(Part[Shard, Final]):
         return run(inputs)
 
     def finalize(self, inputs: Final, partial: Any) -> PartResult:
-        return PartResult(metrics(partial, inputs.ctx.shared.get("clean", {}), self.own(inputs.params)))
+        files = [f for record in partial.values() for f in record.get("examples", [])]
+        return PartResult(metrics(partial, inputs.ctx.shared.get("clean", {}), self.own(inputs.params)), files)
