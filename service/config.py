@@ -16,6 +16,8 @@ from typing import Any
 
 from worker.engine.datasets.roots import default_data_root
 
+from .tenant_limits import LimitsTable, TenantLimitsError
+
 PREFIX = "ROBUSTAUDIT_"
 
 
@@ -54,6 +56,22 @@ def _number(env: Mapping[str, str], name: str, default: float, *, allow_zero: bo
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{PREFIX}{name} must be positive, got {raw!r}")
     return value
+
+
+def _tenant_limits(env: Mapping[str, str]) -> LimitsTable:
+    try:
+        return LimitsTable.parse(env.get(PREFIX + "TENANT_LIMITS"))
+    except TenantLimitsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _user(env: Mapping[str, str]) -> tuple[int, int]:
+    """``uid:gid`` of the sandboxed process (``ROBUSTAUDIT_SANDBOX_USER``, default nobody's 65534:65534)."""
+    raw = env.get(PREFIX + "SANDBOX_USER") or "65534:65534"
+    uid, sep, gid = raw.partition(":")
+    if not (uid.isdigit() and gid.isdigit() and sep) or int(uid) == 0 or int(gid) == 0:
+        raise ConfigError(f"{PREFIX}SANDBOX_USER must be 'uid:gid' of an unprivileged user (not 0), got {raw!r}")
+    return int(uid), int(gid)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -100,6 +118,14 @@ class Config:
         upload_check_s: wall-clock limit of the sandboxed load-and-probe check of an upload.
         upload_check_memory_mb: resident memory the upload check may use (its process tree is
             killed above it; 0: not watched) (``ROBUSTAUDIT_UPLOAD_CHECK_MEMORY_MB``).
+        tenant_limits: each tenant's limits (``ROBUSTAUDIT_TENANT_LIMITS``, :mod:`service.tenants`).
+        upload_checks: upload checks that run at once in all the API processes together; the
+            others wait in line (``ROBUSTAUDIT_UPLOAD_CHECKS``).
+        upload_queue_s: how long an upload check may wait for its turn before it is refused
+            with 503 (``ROBUSTAUDIT_UPLOAD_QUEUE_S``).
+        fair_half_life_s: the half-life of a tenant's recorded worker time, by which the
+            workers choose whose audit runs next (``ROBUSTAUDIT_FAIR_HALF_LIFE_S``).
+        sandbox_user: (uid, gid) the sandboxed process runs as (``ROBUSTAUDIT_SANDBOX_USER``).
     """
 
     home: Path = Path("var")
@@ -125,6 +151,11 @@ class Config:
     sandbox_memory_mb: int = 8192
     upload_check_s: float = 120.0
     upload_check_memory_mb: int = 1900
+    tenant_limits: LimitsTable = field(default_factory=LimitsTable)
+    upload_checks: int = 2
+    upload_queue_s: float = 60.0
+    fair_half_life_s: float = 3600.0
+    sandbox_user: tuple[int, int] = (65534, 65534)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -156,6 +187,11 @@ class Config:
             sandbox_memory_mb=int(_number(env, "SANDBOX_MEMORY_MB", 8192, allow_zero=True)),
             upload_check_s=_number(env, "UPLOAD_CHECK_S", 120.0),
             upload_check_memory_mb=int(_number(env, "UPLOAD_CHECK_MEMORY_MB", 1900, allow_zero=True)),
+            tenant_limits=_tenant_limits(env),
+            upload_checks=int(_number(env, "UPLOAD_CHECKS", 2)),
+            upload_queue_s=_number(env, "UPLOAD_QUEUE_S", 60.0),
+            fair_half_life_s=_number(env, "FAIR_HALF_LIFE_S", 3600.0),
+            sandbox_user=_user(env),
         )
         return replace(cfg, **overrides)
 
@@ -184,6 +220,9 @@ class Config:
             "PLUGINS": ",".join(self.plugins), "SANDBOX": self.sandbox,
             "SANDBOX_MEMORY_MB": str(self.sandbox_memory_mb), "UPLOAD_CHECK_S": repr(self.upload_check_s),
             "UPLOAD_CHECK_MEMORY_MB": str(self.upload_check_memory_mb),
+            "TENANT_LIMITS": self.tenant_limits.to_json(), "UPLOAD_CHECKS": str(self.upload_checks),
+            "UPLOAD_QUEUE_S": repr(self.upload_queue_s), "FAIR_HALF_LIFE_S": repr(self.fair_half_life_s),
+            "SANDBOX_USER": "{}:{}".format(*self.sandbox_user),
         }
         return {PREFIX + k: v for k, v in env.items()}
 

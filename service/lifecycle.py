@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -27,6 +27,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import fairness
 from .store import Store
 from .store.models import Audit, AuditStatus, ShardClaim, utcnow
 
@@ -48,12 +49,17 @@ class ErrorCode(str, Enum):
     SANDBOX_TIMEOUT = "sandbox_timeout"
     SANDBOX_FAILED = "sandbox_failed"
     SANDBOX_LIMIT = "sandbox_limit"
+    TENANT_LIMIT = "tenant_limit"
+    #: what the sandboxed model caused (messages written by us: service/sandboxing.py)
+    MODEL_OUT_OF_MEMORY = "model_out_of_memory"
+    MODEL_LOAD_ERROR = "model_load_error"
+    MODEL_RUNTIME_ERROR = "model_runtime_error"
 
 
 _Q, _R = AuditStatus.QUEUED, AuditStatus.RUNNING
 #: from -> the statuses it may go to; a finished audit never changes again
 TRANSITIONS: Mapping[AuditStatus, frozenset[AuditStatus]] = {
-    _Q: frozenset({_R, AuditStatus.CANCELLED, AuditStatus.FAILED}),  # claim, cancel, dispatch failure
+    _Q: frozenset({_R, AuditStatus.CANCELLED, AuditStatus.FAILED}),  # claim, cancel, dispatch failure, refusal
     _R: frozenset({_R, _Q, AuditStatus.SUCCEEDED, AuditStatus.FAILED, AuditStatus.CANCELLED}),  # takeover, reap
     AuditStatus.SUCCEEDED: frozenset(),
     AuditStatus.FAILED: frozenset(),
@@ -133,6 +139,39 @@ def claim(store: Store, audit_id: str, *, worker: str, stale_s: float) -> Partic
         if audit is None or audit.status != _R.value or audit.cancel_requested or audit.holder is None:
             return None
         return Participation(audit_id, audit.holder, _token(), fresh=False)
+
+
+def claim_next(store: Store, hint: str | None, *, worker: str, stale_s: float, half_life_s: float,
+               resend: Callable[[str], None] | None = None) -> Participation | None:
+    """Claim the fairest work across tenants (:mod:`service.fairness`): a delivered message is a
+    wake-up, ``hint`` the audit it names. Each candidate goes through :func:`claim`, so two
+    workers never start one attempt twice; None when nothing is left to do.
+
+    When another audit is started and the hint is still queued, the hint's message was spent on
+    that audit: ``resend`` sends the hint again (the started audit's own message may later join
+    it rather than start the hint), so every queued audit keeps a message in the broker.
+    """
+    with store.session() as s:
+        candidates = fairness.next_candidates(s, hint, half_life_s=half_life_s)
+    for audit_id in candidates:
+        part = claim(store, audit_id, worker=worker, stale_s=stale_s)
+        if part is not None:
+            if hint is not None and part.audit_id != hint and part.fresh and resend is not None:
+                _resend_if_queued(store, hint, resend)
+            return part
+    return None
+
+
+def _resend_if_queued(store: Store, audit_id: str, resend: Callable[[str], None]) -> None:
+    with store.session() as s:
+        queued = s.scalar(select(func.count()).select_from(Audit).where(
+            Audit.id == audit_id, Audit.status == _Q.value, Audit.cancel_requested.is_(False)))
+    if not queued:
+        return
+    try:
+        resend(audit_id)
+    except Exception:  # the broker is down: the beat's re-dispatch sends it later
+        log.exception("audit %s: its message went to a fairer audit and could not be sent again", audit_id)
 
 
 def is_current(store: Store, p: Participation) -> bool:
@@ -260,6 +299,11 @@ def dispatch_failed(store: Store, audit_id: str, message: str) -> bool:
     with store.session() as s:
         return _move(s, audit_id, AuditStatus.FAILED, (_Q,), finished_at=utcnow(),
                      error=error_body(ErrorCode.BROKER_UNAVAILABLE, f"could not queue the audit: {message}"))
+
+
+def refuse(s: Session, audit_id: str, error: Mapping[str, Any]) -> bool:
+    """A queued audit that may not run (a scheduled run over its tenant's limit) fails before it is sent."""
+    return _move(s, audit_id, AuditStatus.FAILED, (_Q,), finished_at=utcnow(), error=dict(error))
 
 
 def mark_dispatched(store: Store, audit_id: str, when: datetime | None = None) -> None:

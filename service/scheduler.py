@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from croniter import croniter
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from . import lifecycle
 from .audits import create_audit
@@ -21,6 +22,8 @@ from .config import Config
 from .dispatch import Dispatcher, send_audit
 from .store import Store
 from .store.models import Model, Schedule, utcnow
+from .tenant_limits import LimitsTable
+from .tenants import TenantLimitExceeded, active_audits, lock_tenant
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,44 @@ def valid_cron(cron: str) -> bool:
     return bool(croniter.is_valid(cron))
 
 
-def tick(store: Store, dispatcher: Dispatcher, now: datetime | None = None) -> list[str]:
+#: runs of a cron expression looked at to find its shortest interval (a burst shows within them)
+INTERVAL_RUNS = 100
+
+
+def min_interval_s(cron: str, after: datetime) -> float:
+    """The shortest time between two consecutive runs of ``cron`` among its next runs after ``after``."""
+    it = croniter(cron, as_utc(after))
+    runs = [it.get_next(datetime) for _ in range(INTERVAL_RUNS)]
+    return min((b - a).total_seconds() for a, b in zip(runs, runs[1:]))
+
+
+def over_limit(session: Session, tenant: str, limits: LimitsTable) -> TenantLimitExceeded | None:
+    """Why one more audit of ``tenant`` (created in this transaction) is over its limit, or None."""
+    lock_tenant(session, tenant)
+    allowed = limits.of(tenant).max_active_audits
+    current = active_audits(session, tenant)
+    if current <= allowed:
+        return None
+    return TenantLimitExceeded("max_active_audits", allowed, current - 1, None,
+                               f"tenant limit: {current - 1} audits queued or running, at most {allowed} at once; "
+                               "this scheduled run was not queued")
+
+
+def tick(store: Store, dispatcher: Dispatcher, now: datetime | None = None,
+         limits: LimitsTable | None = None) -> list[str]:
     """Enqueue one audit per due schedule; return their ids. Missed runs are not caught up.
 
     A schedule is claimed with a conditional UPDATE on its ``next_run_at`` so that two beats
-    never enqueue the same run twice.
+    never enqueue the same run twice. A run that would take its tenant over
+    ``max_active_audits`` is recorded as failed (``tenant_limit``) instead of queued.
     """
+    limits = limits or LimitsTable()
     now = as_utc(now or utcnow())
     created: list[str] = []
     with store.session() as s:
         due = list(s.scalars(select(Schedule).where(Schedule.enabled.is_(True), Schedule.next_run_at <= now)))
     for sched in due:
+        over: TenantLimitExceeded | None = None
         with store.session() as s:
             claimed = s.execute(update(Schedule).where(Schedule.id == sched.id,
                                                        Schedule.next_run_at == sched.next_run_at)
@@ -62,6 +92,13 @@ def tick(store: Store, dispatcher: Dispatcher, now: datetime | None = None) -> l
             # the run is judged against (and records) the schedule's previous successful run
             audit = create_audit(s, tenant=sched.tenant, model=model, request=schedule_run_request(s, sched),
                                  schedule_id=sched.id)
+            over = over_limit(s, sched.tenant, limits)
+            if over is not None:  # recorded as a failed run, so the schedule's runs show it
+                error = lifecycle.error_body(lifecycle.ErrorCode.TENANT_LIMIT, over.message, **over.details)
+                lifecycle.refuse(s, audit.id, error)
+        if over is not None:
+            log.warning("schedule %s: run %s refused: %s", sched.id, audit.id, over.message)
+            continue
         created.append(audit.id)
         try:
             send_audit(dispatcher, store, audit.id, copies=1)
@@ -104,7 +141,7 @@ def run_beat(config: Config, store: Store, dispatcher: Dispatcher, *, once: bool
     """Tick every ``beat_interval_s`` seconds, aligned to the interval, until interrupted."""
     while True:
         try:
-            tick(store, dispatcher)
+            tick(store, dispatcher, limits=config.tenant_limits)
             reap(store, dispatcher, config)
             redispatch(store, dispatcher, config)
         except Exception:  # a failed tick must not stop the beat; the next one retries

@@ -15,7 +15,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
+
+from worker.engine.safe_files import list_regular, open_regular, split_name
 
 CHUNK = 1 << 20
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
@@ -67,6 +69,9 @@ class Storage:
         digest, size = hashlib.sha256(), 0
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
         try:
+            # readable by others: the sandboxed check runs as an unprivileged user (never secret: the
+            # folders above are the service's, and the sandbox hides them)
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(CHUNK):
                     size += len(chunk)
@@ -102,17 +107,15 @@ class Storage:
     def clear_checkpoints(self, audit_id: str) -> None:
         shutil.rmtree(self.checkpoint_dir(audit_id), ignore_errors=True)
 
+    # An audit's folder was written by the sandboxed model: read it without following a symlink and
+    # only as regular files (worker.engine.safe_files), so nothing planted there leads outside.
+
     def artifacts(self, audit_id: str) -> list[tuple[str, int]]:
         """(name relative to ``artifacts/``, size) of every artifact file, sorted."""
-        root = self.audit_dir(audit_id) / "artifacts"
-        if not root.is_dir():
-            return []
-        return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+        return list_regular(self.audit_dir(audit_id), ["artifacts"])
 
-    def artifact_path(self, audit_id: str, name: str) -> Path | None:
-        """The file of artifact ``name``, or None if there is none (or the name leaves the directory)."""
-        root = (self.audit_dir(audit_id) / "artifacts").resolve()
-        path = (root / name).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            return None
-        return path
+    def open_artifact(self, audit_id: str, name: str) -> BinaryIO | None:
+        """Artifact ``name`` open for reading, or None if there is no such regular file below
+        ``artifacts/`` (a symlink on the way, a FIFO or device, a name that leaves the folder)."""
+        parts = split_name(name)
+        return open_regular(self.audit_dir(audit_id), ["artifacts", *parts]) if parts is not None else None

@@ -16,7 +16,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,12 +34,15 @@ from .config import Config
 from .sandboxing import check_upload
 from .storage import Storage, UploadTooLarge
 from .store.models import Model, ModelKind
+from .upload_checks import UploadCheckPool
 
 #: a card is a small JSON object: bounded before it is parsed
 MAX_CARD_BYTES = 4 * 1024 * 1024
-#: (sha256, card digest, kind, sandbox mode) of uploads this process has checked in the sandbox:
-#: the check depends on the content alone, so the same content is not checked twice
-_seen: set[tuple[str, str, str, str]] = set()
+#: (tenant, sha256, card digest, kind, sandbox mode) of uploads this process has checked in the
+#: sandbox: the check depends on the content alone, so the same content is not checked twice for
+#: one tenant; another tenant's upload of it is checked again, so that its answer takes as long
+#: and says nothing about what others uploaded
+_seen: set[tuple[str, str, str, str, str]] = set()
 
 
 def parse_card(raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER) -> dict[str, Any]:
@@ -60,14 +63,18 @@ def parse_card(raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER) -> dict
 
 
 def register_model(session: Session, storage: Storage, config: Config, *, tenant: str, stream: IO[bytes],
-                   filename: str, card_raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER
-                   ) -> tuple[Model, bool]:
+                   filename: str, card_raw: bytes | str, kind: ModelKind = ModelKind.CLASSIFIER,
+                   pool: UploadCheckPool | None = None) -> tuple[Model, bool]:
     """(model, created). The same checkpoint with the same card is the same model of the tenant.
+
+    ``pool``: the sandboxed check waits for its turn there (none: it runs at once).
 
     Raises:
         AuditInputError: the card or the checkpoint is refused (422).
         SandboxRefused: the sandbox could not check it (503): nothing is registered.
         UploadTooLarge: over the upload limit (413).
+        TenantLimitExceeded: the tenant has its ``max_upload_checks`` checks under way (429).
+        UploadQueueFull: no check slot came free in time (503).
     """
     card = parse_card(card_raw, kind)
     card_sha = hashlib.sha256(json.dumps({"kind": kind.value, **card}, sort_keys=True).encode()).hexdigest()
@@ -79,9 +86,10 @@ def register_model(session: Session, storage: Storage, config: Config, *, tenant
     try:
         if zipfile.is_zipfile(stored.path):  # zip bombs refused from the central directory, before any read
             check_stored_zip(stored.path, Path(filename or "").name or "the checkpoint", card)
-        key = (stored.sha256, card_sha, kind.value, config.sandbox)
+        key = (tenant, stored.sha256, card_sha, kind.value, config.sandbox)
         if key not in _seen:
-            check_upload(config, stored.path, card, kind=kind, filename=filename)
+            with pool.turn(tenant, config.tenant_limits.of(tenant)) if pool is not None else nullcontext():
+                check_upload(config, stored.path, card, kind=kind, filename=filename)
             _seen.add(key)
     except BaseException:
         in_use = session.scalar(select(func.count()).select_from(Model).where(Model.sha256 == stored.sha256))

@@ -2,9 +2,10 @@
 
 Audit work goes to the ``gpu`` queue. Messages are acknowledged late and rejected when the
 worker process is lost, so a killed worker's audit is delivered again (on Redis, after the
-visibility timeout). The store, not the broker, decides who runs what: a delivery of an
-audit another live worker holds joins it and runs only shards nobody holds
-(:mod:`service.lifecycle`), and the beat sends again what the broker lost.
+visibility timeout). The store, not the broker, decides who runs what: a delivery is a wake-up
+that takes the fairest work across tenants (:mod:`service.fairness`); a delivery of an audit
+another live worker holds joins it, when its tenant's turn has come, and runs only shards nobody
+holds (:mod:`service.lifecycle`); the beat sends again what the broker lost.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@
 It reads one job (one JSON line) from stdin, lowers its own resource limits before it reads
 any model file, runs the job with the engine and writes JSON lines to file descriptor FD:
 ``{"progress": {"suite": s, "fraction": f}}`` while it runs, then ``{"result": ...}`` or
-``{"error": {"code", "message", "details"}}``.
+``{"error": {"code", "message", "details"}}``, with ``"warnings": n`` beside either: how many
+warnings the model raised, counted and never kept. An engine input error keeps its own code and
+message; any other exception is sent as a code only (``model_out_of_memory``,
+``model_load_error``, ``model_runtime_error`` or ``internal_error``, with ``"unexpected": true``)
+and its traceback goes to stderr, which the parent logs: the message a client sees is ours.
 
 An audit whose payload has ``"claims": true`` shares its shards with other workers: before
 each shard that is not in the checkpoint folder it sends ``{"claim": {"suite", "shard", "of",
@@ -29,6 +33,8 @@ import resource
 import select
 import sys
 import time
+import traceback
+import warnings
 from typing import IO, Any
 
 MAX_JOB_BYTES = 16 * 1024 * 1024
@@ -135,6 +141,48 @@ def run_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     raise ValueError(f"unknown sandbox op {op!r}")
 
 
+class WarningCounter:
+    """Counts the warnings raised while a model runs (TorchScript's ``aten::warn`` among them) and
+    keeps none of their text: a model that warns with megabytes, in a loop, costs nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        warnings.simplefilter("always")  # every call reaches showwarning, which only counts it
+        warnings.showwarning = self.show
+
+    def show(self, *args: Any, **kwargs: Any) -> None:
+        self.count += 1
+
+
+#: the error codes of what an uploaded model causes, beside the engine's own input errors; the
+#: parent writes the messages (service/sandboxing.py): nothing of the exception's text is sent
+OUT_OF_MEMORY, LOAD_ERROR, RUNTIME_ERROR = "model_out_of_memory", "model_load_error", "model_runtime_error"
+#: where in a traceback loading happens (our loaders) and where a model runs (torch)
+_LOADERS = (f"{os.sep}worker{os.sep}engine{os.sep}models{os.sep}",
+            f"{os.sep}worker{os.sep}engine{os.sep}generators{os.sep}")
+_TORCH = f"{os.sep}torch{os.sep}"
+
+
+def failure_code(exc: BaseException, op: str) -> str:
+    """The code of an exception that is not one of the engine's input errors: out of memory (torch
+    raises RuntimeError for it, not MemoryError), a load error (in a check, or raised inside our
+    loaders), a runtime error (raised inside torch while the model ran), else ``internal_error``."""
+    from worker.engine.models.messages import is_out_of_memory
+
+    if is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY:
+        return OUT_OF_MEMORY
+    if op in ("check_model", "check_generator"):
+        return LOAD_ERROR
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    if any(loader in f for f in files for loader in _LOADERS):
+        return LOAD_ERROR
+    if any(_TORCH in f for f in files) or type(exc).__module__.startswith("torch"):
+        return RUNTIME_ERROR
+    return "internal_error"
+
+
 def main(argv: list[str]) -> int:
     stdin = LineReader(sys.stdin.fileno())
     channel = Channel(os.fdopen(int(argv[1]), "w", encoding="utf-8"), answers=stdin)
@@ -143,21 +191,22 @@ def main(argv: list[str]) -> int:
         raise SystemExit("no job (one JSON line) on stdin")
     job = json.loads(line)
     set_limits(job["limits"])
+    counter = WarningCounter()
+    counter.install()
     from worker.engine.errors import AuditInputError
 
     try:
         result = run_job(job, channel)
     except AuditInputError as exc:
-        channel.send({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+        channel.send({"error": {"code": exc.code, "message": exc.message, "details": exc.details},
+                      "warnings": counter.count})
         return 0
-    except MemoryError:
-        channel.send({"error": {"code": "sandbox_limit", "message": "the model needs more memory than the "
-                                f"sandbox allows ({job['limits'].get('memory_mb')} MB)"}})
-        return 0
-    except Exception as exc:  # a bug or a hostile model: reported, the parent decides
-        channel.send({"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}})
-        return 1
-    channel.send({"result": result})
+    except Exception as exc:  # a hostile model, or a bug: a code; the text goes to stderr (the operator's log)
+        code = failure_code(exc, str(job.get("op")))
+        traceback.print_exc(limit=8)
+        channel.send({"error": {"code": code, "message": code, "unexpected": True}, "warnings": counter.count})
+        return 0 if code != "internal_error" else 1
+    channel.send({"result": result, "warnings": counter.count})
     return 0
 
 

@@ -1,7 +1,8 @@
-"""The audit task: thin. Claim (or join) the audit in the store, run the engine in the sandbox
-(the uploaded model never runs in the worker process itself), write progress, heartbeat,
-shard claims, report and status back through :mod:`service.lifecycle`; record an error,
-then re-raise it.
+"""The audit task: thin. Claim (or join) the fairest audit in the store (a message is a wake-up:
+the audit it names runs when its tenant's turn has come, :mod:`service.fairness`), run the engine
+in the sandbox (the uploaded model never runs in the worker process itself), write progress,
+heartbeat, worker time, shard claims, report and status back through :mod:`service.lifecycle`;
+record an error, then re-raise it.
 
 Several workers share one audit: each takes a copy of the task, joins the attempt and runs
 the shards the store grants it; the one granted the final merge writes the report. One that
@@ -23,10 +24,10 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 
-from service import lifecycle
+from service import fairness, lifecycle
 from service.audits import EngineJob, engine_job
 from service.config import Config
-from service.dispatch import TASK_RUN_AUDIT
+from service.dispatch import TASK_RUN_AUDIT, CeleryDispatcher, Dispatcher, send_audit
 from service.lifecycle import ErrorCode, Participation, error_body
 from service.sandboxing import SandboxRefused, make_sandbox, run_job
 from service.storage import Storage
@@ -66,11 +67,15 @@ class AuditRecorder:
         config: heartbeat period and timeout.
         checkpoint_dir: the audit's shared checkpoint folder (a shard is done once its file is there).
         progress: the audit's progress as stored (every suite, 0 at submit).
+        tenant: whose audit it is: each heartbeat charges the time since the last one to it
+            (:func:`service.fairness.charge`), which is how workers choose the next tenant.
     """
 
     def __init__(self, store: Store, part: Participation, config: Config, checkpoint_dir: Path,
-                 progress: dict[str, float] | None = None) -> None:
+                 progress: dict[str, float] | None = None, tenant: str | None = None) -> None:
         self.store, self.part, self.config, self.checkpoint_dir = store, part, config, checkpoint_dir
+        self.tenant = tenant
+        self._charged = time.monotonic()
         self.audit_id = part.audit_id
         self.progress: dict[str, float] = dict(progress or {})
         self._local: dict[str, float] = {}  # suite -> the fraction our child reports
@@ -89,6 +94,18 @@ class AuditRecorder:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        try:
+            self.charge()
+        except Exception:  # the time is lost to the fairness count, nothing else
+            log.exception("audit %s: worker time not recorded", self.audit_id)
+
+    def charge(self) -> None:
+        """Record the worker time since the last charge against the audit's tenant."""
+        with self._lock:
+            now = time.monotonic()
+            seconds, self._charged = now - self._charged, now
+        if self.tenant is not None:
+            fairness.charge(self.store, self.tenant, seconds, half_life_s=self.config.fair_half_life_s)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.config.heartbeat_s):
@@ -123,6 +140,8 @@ class AuditRecorder:
         if not lifecycle.heartbeat(self.store, self.part, progress):
             self._current = False  # reaped and taken over, or ended by another participant
         self._written = time.monotonic()
+        if self._written - self._charged >= self.config.heartbeat_s:
+            self.charge()
 
     def on_progress(self, suite: str, fraction: float) -> None:
         with self._lock:
@@ -188,7 +207,8 @@ class AuditRecorder:
         return lifecycle.grant_finalize(self.store, self.part)
 
 
-def _load_job(store: Store, config: Config, audit_id: str) -> tuple[EngineJob, dict[str, float]]:
+def _load_job(store: Store, config: Config, audit_id: str) -> tuple[EngineJob, dict[str, float], str]:
+    """(the engine's job, the stored progress, the tenant) of an audit."""
     with store.session() as s:
         audit = s.get(Audit, audit_id)
         assert audit is not None
@@ -199,7 +219,8 @@ def _load_job(store: Store, config: Config, audit_id: str) -> tuple[EngineJob, d
         def lookup(model_id: str) -> Model | None:
             return s.scalar(select(Model).where(Model.id == model_id, Model.tenant == tenant))
 
-        return engine_job(dict(audit.request), model, lookup, device=config.device), dict(audit.progress or {})
+        job = engine_job(dict(audit.request), model, lookup, device=config.device)
+        return job, dict(audit.progress or {}), tenant
 
 
 def _ended(storage: Storage, part: Participation, written: bool, status: AuditStatus) -> AuditStatus | None:
@@ -214,19 +235,45 @@ def _ended(storage: Storage, part: Participation, written: bool, status: AuditSt
 
 
 def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditStatus | None:
-    """Take part in one audit in the sandbox; the status this worker wrote, or None when it wrote
-    none (nothing to do, or its shards are done and others hold the rest)."""
-    store, storage = _store(config.database_url), Storage(config.storage_dir)
+    """Take part in this one audit in the sandbox; the status this worker wrote, or None when it
+    wrote none (nothing to do, or its shards are done and others hold the rest)."""
+    store = _store(config.database_url)
     part = lifecycle.claim(store, audit_id, worker=worker or socket.gethostname(), stale_s=config.heartbeat_timeout_s)
     if part is None:
         log.info("audit %s: not claimable (finished, cancelled or gone)", audit_id)
         return None
+    return run_claimed(config, part)
+
+
+def execute_next(config: Config, hint: str | None, *, worker: str = "",
+                 dispatcher: Dispatcher | None = None) -> tuple[str, AuditStatus | None] | None:
+    """What a delivered message does: take the fairest work across tenants (``hint``, the audit the
+    message names, only when its tenant's turn has come) and run it. (audit id, the status this
+    worker wrote), or None when there was nothing to take. ``dispatcher`` sends the hint again
+    when its message went to a fairer audit (:func:`service.lifecycle.claim_next`)."""
+    store = _store(config.database_url)
+    resend = (lambda audit_id: send_audit(dispatcher, store, audit_id)) if dispatcher is not None else None
+    part = lifecycle.claim_next(store, hint, worker=worker or socket.gethostname(),
+                                stale_s=config.heartbeat_timeout_s, half_life_s=config.fair_half_life_s,
+                                resend=resend)
+    if part is None:
+        log.info("message for audit %s: nothing to claim (finished, cancelled or taken)", hint)
+        return None
+    if part.audit_id != hint:
+        log.info("message for audit %s: took audit %s, the fairest work", hint, part.audit_id)
+    return part.audit_id, run_claimed(config, part)
+
+
+def run_claimed(config: Config, part: Participation) -> AuditStatus | None:
+    """Run this worker's part of a claimed audit and write the outcome through the lifecycle."""
+    store, storage = _store(config.database_url), Storage(config.storage_dir)
+    audit_id = part.audit_id
     # no start-up clear of the audit's folder: it is new (a uuid), a retry rewrites the same
     # files, and a slow worker's clear could delete what another participant is writing
     checkpoints = storage.checkpoint_dir(audit_id)
     try:
-        job, progress = _load_job(store, config, audit_id)
-        with AuditRecorder(store, part, config, checkpoints, progress) as rec:
+        job, progress, tenant = _load_job(store, config, audit_id)
+        with AuditRecorder(store, part, config, checkpoints, progress, tenant=tenant) as rec:
             report = run_sandboxed_audit(config, job, storage.audit_dir(audit_id), checkpoints, rec)
             rec.settle()
     except AuditInputError as exc:
@@ -240,9 +287,12 @@ def execute_audit(config: Config, audit_id: str, *, worker: str = "") -> AuditSt
     except SoftTimeLimitExceeded:
         return _ended(storage, part, lifecycle.fail(store, part, error_body(
             ErrorCode.TIME_LIMIT, f"the audit ran longer than {config.soft_time_limit_s:g} s")), AuditStatus.FAILED)
-    except Exception as exc:
+    except Exception:
+        # the exception's text stays in the worker's log: never in an answer
+        log.exception("audit %s: internal error", audit_id)
         _ended(storage, part, lifecycle.fail(store, part, error_body(
-            ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")), AuditStatus.FAILED)
+            ErrorCode.INTERNAL_ERROR, "the worker failed while it ran the audit; the incident was logged")),
+            AuditStatus.FAILED)
         raise
     if report is None:
         log.info("audit %s: this worker's shards are done; other workers hold the rest", audit_id)
@@ -291,6 +341,7 @@ def run_sandboxed_audit(config: Config, job: EngineJob, out_dir: Path, checkpoin
 
 @shared_task(name=TASK_RUN_AUDIT, bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_audit_task(self: Task, audit_id: str) -> None:
-    """Celery entry point: the configuration travels on the app, the audit id in the message."""
+    """Celery entry point: the configuration travels on the app; the message is a wake-up that
+    names an audit, and the worker takes the fairest work across tenants (:func:`execute_next`)."""
     config: Config = getattr(self.app, CONFIG_ATTR, None) or Config.from_env()
-    execute_audit(config, audit_id, worker=str(self.request.hostname or ""))
+    execute_next(config, audit_id, worker=str(self.request.hostname or ""), dispatcher=CeleryDispatcher(self.app))

@@ -17,11 +17,13 @@ from ..audits import build_request, cancel_audit, create_audit, find_idempotent,
 from ..baselines import with_baseline
 from ..dispatch import send_audit
 from ..lifecycle import copies, dispatch_failed
+from ..queue import estimate, retry_after_active
 from ..store.models import Audit
+from ..tenants import check_active_audits, lock_tenant
 from .auth import authenticate, owned, tenant
 from .bounds import parse_json_body
 from .context import services
-from .errors import ApiError
+from .errors import RETRY_AFTER_DOC, TENANT_LIMIT_DOC, ApiError
 from .models_api import find_model, get_model, upload_model
 from .pages import paginate
 from .schemas import (
@@ -31,6 +33,7 @@ from .schemas import (
     AuditQuerySchema,
     AuditSchema,
     AuditSummarySchema,
+    ErrorSchema,
     audit_request_schema,
 )
 
@@ -100,6 +103,7 @@ class Audits(MethodView):
         "description": "the same key with the same body returns the same audit; with another body, 409"}])
     @blp.response(202, AuditCreatedSchema, headers={"Location": {"schema": {"type": "string"},
                                                                  "description": "the audit's URL"}})
+    @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=TENANT_LIMIT_DOC)
     def post(self) -> Any:
         """Submit an audit. Everything is validated before it is queued."""
         svc = services()
@@ -118,6 +122,7 @@ class Audits(MethodView):
             body = with_baseline(s, tenant(), body, required=True)  # an audit id -> the baseline's values
             req = build_request(body, model, DataRoots(services().config.data_roots),
                                 lambda model_id: find_model(s, model_id))
+            check_audit_limit(s, tenant())
             try:
                 with s.begin_nested():
                     audit = create_audit(s, tenant=tenant(), model=model, request=req, idempotency_key=key,
@@ -147,6 +152,14 @@ class Audits(MethodView):
             return paginate(s, q, page=query["page"], page_size=query["page_size"])
 
 
+def check_audit_limit(session: Any, who: str) -> None:
+    """Take the tenant's lock and refuse (429) an audit over its ``max_active_audits``."""
+    cfg = services().config
+    lock_tenant(session, who)
+    check_active_audits(session, who, cfg.tenant_limits.of(who),
+                        lambda: retry_after_active(session, who, half_life_s=cfg.fair_half_life_s))
+
+
 def dispatch_or_fail(audit_id: str, copies: int = 1) -> None:
     """Queue the audit (``copies`` messages: each worker that takes one shares it); if the broker
     cannot take it, the audit fails and the client gets a 503."""
@@ -174,9 +187,15 @@ def _created_or_conflict(audit: Audit, digest: str) -> Any:
 class AuditById(MethodView):
     @blp.response(200, AuditSchema)
     def get(self, audit_id: str) -> Any:
-        """Status, progress per suite, timestamps; the error if failed; the report and verdict if succeeded."""
+        """Status, progress per suite, timestamps; the error if failed; the report and verdict if
+        succeeded; while queued, its place in the queue and an estimated start."""
         with services().store.session() as s:
-            return get_audit(s, audit_id)
+            audit = get_audit(s, audit_id)
+            place = estimate(s, audit, half_life_s=services().config.fair_half_life_s)
+            # not a column: what the schema's 'queue' reads (null unless queued)
+            audit.queue = None if place is None else {  # type: ignore[attr-defined]
+                "position": place.position, "estimated_start_at": place.estimated_start_at, "basis": place.basis}
+            return audit
 
     @blp.response(202, AuditSummarySchema)
     def delete(self, audit_id: str) -> Any:
@@ -221,7 +240,7 @@ class AuditArtifact(MethodView):
         svc = services()
         with svc.store.session() as s:
             get_audit(s, audit_id)
-        path = svc.storage.artifact_path(audit_id, name)
-        if path is None:
-            raise ApiError(404, f"audit {audit_id} has no artifact {name!r}")
-        return send_file(path)
+        handle = svc.storage.open_artifact(audit_id, name)
+        if handle is None:
+            raise ApiError(404, f"audit {audit_id} has no artifact {name[:300]!r}")
+        return send_file(handle, download_name=name.rsplit("/", 1)[-1], as_attachment=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -11,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from worker.engine.errors import AuditInputError
 
+from ..tenants import TenantLimitExceeded
 from .schemas import ErrorSchema
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,13 @@ CODES: dict[int, str] = {
 class ApiError(Exception):
     """An error with its status, code and message, raised anywhere in a request."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, **details: Any) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 headers: dict[str, str] | None = None, **details: Any) -> None:
         super().__init__(message)
         self.status, self.message = status, message
         self.code = code or CODES.get(status, "error")
         self.details = details
+        self.headers = dict(headers or {})
 
 
 def error_body(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,6 +47,26 @@ def error_body(status: int, code: str, message: str, details: dict[str, Any] | N
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
     resp = jsonify(error_body(status, code, message, details))
     resp.status_code = status
+    return resp
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The ``Retry-After`` header: whole seconds, at least 1."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+#: the OpenAPI description of a Retry-After header
+RETRY_AFTER_DOC = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before retrying"}}
+TENANT_LIMIT_DOC = ("tenant_limit: the tenant is at one of its limits (details.limit names it); "
+                    "nothing was created")
+
+
+def limit_response(exc: TenantLimitExceeded) -> Response:
+    """429 ``tenant_limit`` with ``Retry-After``; 422 when retrying cannot help (no retry time)."""
+    if exc.retry_after_s is None:
+        return error_response(422, "tenant_limit", exc.message, exc.details)
+    resp = error_response(429, "tenant_limit", exc.message, exc.details)
+    resp.headers.update(retry_after(exc.retry_after_s))
     return resp
 
 
@@ -74,7 +98,13 @@ class RobustauditApi(Api):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        resp = error_response(exc.status, exc.code, exc.message, exc.details)
+        resp.headers.update(exc.headers)
+        return resp
+
+    @app.errorhandler(TenantLimitExceeded)
+    def _tenant_limit(exc: TenantLimitExceeded) -> Response:
+        return limit_response(exc)
 
     @app.errorhandler(AuditInputError)
     def _input_error(exc: AuditInputError) -> Response:

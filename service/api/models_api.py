@@ -13,12 +13,13 @@ from werkzeug.datastructures import FileStorage
 from ..sandboxing import SandboxRefused
 from ..storage import UploadTooLarge
 from ..store.models import Model, ModelKind
+from ..upload_checks import UploadCheckPool, UploadQueueFull
 from ..uploads import bundle_parts, parse_card, register_model
 from .auth import authenticate, find_owned, owned, tenant
 from .context import services
-from .errors import ApiError
+from .errors import RETRY_AFTER_DOC, TENANT_LIMIT_DOC, ApiError, retry_after
 from .pages import paginate
-from .schemas import ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
+from .schemas import ErrorSchema, ModelPageSchema, ModelSchema, ModelUploadSchema, PageQuerySchema
 
 #: one byte more than a card may have, so an oversized card is seen as such
 MAX_CARD_READ = 4 * 1024 * 1024 + 1
@@ -47,17 +48,23 @@ def upload_model(files: dict[str, Any]) -> tuple[Model, bool]:
                        code="validation_error", errors={"kind": ["unknown kind"]}) from None
     card_raw = card.read(MAX_CARD_READ) if isinstance(card, FileStorage) else card
     data = external_data_parts()
+    cfg = svc.config
+    pool = UploadCheckPool(svc.store, slots=cfg.upload_checks, wait_s=cfg.upload_queue_s, check_s=cfg.upload_check_s)
     try:
         with svc.store.session() as s:
             if not data:
                 return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=checkpoint.stream,
-                                      filename=checkpoint.filename or "", card_raw=card_raw, kind=kind)
+                                      filename=checkpoint.filename or "", card_raw=card_raw, kind=kind, pool=pool)
             _require_onnx_card(card_raw, kind)
             with bundle_parts(svc.storage, (checkpoint.filename or "", checkpoint.stream),
                               [(d.filename or "", d.stream) for d in data],
                               max_bytes=svc.config.max_upload_bytes) as (bundle, name):
                 return register_model(s, svc.storage, svc.config, tenant=tenant(), stream=bundle,
-                                      filename=name, card_raw=card_raw, kind=kind)
+                                      filename=name, card_raw=card_raw, kind=kind, pool=pool)
+    except UploadQueueFull as exc:
+        raise ApiError(503, f"every upload check slot stayed busy for {exc.waited_s:g} s; nothing was registered",
+                       code="upload_queue_full", headers=retry_after(exc.retry_after_s),
+                       waited_s=exc.waited_s) from None
     except UploadTooLarge:
         raise ApiError(413, f"the checkpoint exceeds ROBUSTAUDIT_MAX_UPLOAD_MB={svc.config.max_upload_mb:g}") from None
     except SandboxRefused as exc:
@@ -88,6 +95,9 @@ class Models(MethodView):
     @blp.arguments(ModelUploadSchema, location="files")
     @blp.response(201, ModelSchema, description="registered (200 when the same checkpoint and card exist)")
     @blp.alt_response(200, schema=ModelSchema, description="already registered: the existing model")
+    @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=TENANT_LIMIT_DOC)
+    @blp.alt_response(503, schema=ErrorSchema, headers=RETRY_AFTER_DOC, description=(
+        "upload_queue_full: no upload check slot came free in time; sandbox_unavailable: the sandbox cannot run"))
     def post(self, files: dict[str, Any]) -> Any:
         """Upload a checkpoint and its model card (multipart).
 

@@ -138,7 +138,19 @@ class AuditSummarySchema(Schema):
     error = fields.Dict(allow_none=True, metadata={"description": "{code, message} of a failed audit"})
 
 
+class QueueSchema(Schema):
+    position = fields.Integer(metadata={"description": "1 = the next audit a free worker takes; the queued audits "
+                                                      "of every tenant that the fair order puts before this one"})
+    estimated_start_at = fields.DateTime(metadata={
+        "description": "now plus the expected time left of the running audits and of the audits ahead, over the "
+                       "workers busy now"})
+    basis = fields.String(metadata={"enum": ["measured", "default"], "description": "what the expected durations "
+                                    "come from: recent audits (measured) or a default when none has finished"})
+
+
 class AuditSchema(AuditSummarySchema):
+    queue = fields.Nested(QueueSchema, allow_none=True, metadata={
+        "description": "while queued: the audit's place in the queue and its estimated start (null otherwise)"})
     request = fields.Dict(metadata={"description": "the validated request"})
     report = fields.Dict(allow_none=True, metadata={"description": "the report (api_spec/report.schema.json)"})
 

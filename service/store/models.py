@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -152,3 +152,30 @@ class ShardClaim(Base):
     holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TenantUsage(Base):
+    """A tenant's recent worker time (for fair scheduling) and its row lock (for its limits).
+
+    ``worker_seconds`` decays with a half-life (``ROBUSTAUDIT_FAIR_HALF_LIFE_S``) from
+    ``updated_at``: the value now is ``worker_seconds * 2 ** (-(now - updated_at) / half_life)``.
+    """
+
+    __tablename__ = "tenant_usage"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class UploadCheck(Base):
+    """An upload check waiting for, or holding, one of the pool's slots (``slot`` is unique, so a
+    slot has one holder). A row past ``expires_at`` belongs to a process that died: it is removed."""
+
+    __tablename__ = "upload_checks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -172,7 +172,7 @@ def test_hf_vit_same_logits_preprocessor_and_attackable(tmp_path: Path, hf_vit: 
 
 @pytest.mark.parametrize("change, error, message", [
     ({"model_type": "bert"}, ModelCardError, "'bert' is not an image classifier"),
-    ({"auto_map": {"AutoModelForImageClassification": "evil.Model"}}, ModelLoadError, "remote code"),
+    ({"auto_map": {"AutoModelForImageClassification": "evil.Model"}}, ModelCardError, "remote code"),
     ({"architectures": ["ViTModel"]}, ModelCardError, "not an image classification class"),
     ({"hidden_size": 256, "intermediate_size": 1024}, ModelLoadError, "the weights do not fit the config"),
     ({"num_hidden_layers": 1}, ModelLoadError, r"options.config describes: unexpected keys \['vit\.\w+\.1\."),

@@ -91,18 +91,18 @@ def post_model_as_bob(client) -> str:
 
 
 def test_schedule_runs_compare_with_the_previous_successful_run(client, config, store, dispatcher, model_id):
-    body = {**audit_body(model_id, gates=["clean.top1 >= baseline - 0.05"]), "cron": "* * * * *"}
+    body = {**audit_body(model_id, gates=["clean.top1 >= baseline - 0.05"]), "cron": "0 * * * *"}
     resp = post(client, "/v1/schedules", body)
     assert resp.status_code == 201, resp.json  # a schedule needs no baseline: its runs compare with the last one
     sid = resp.json["id"]
     now = datetime.now(timezone.utc)
-    first = tick(store, dispatcher, now + timedelta(minutes=1))[0]
+    first = tick(store, dispatcher, now + timedelta(hours=1))[0]
     execute_audit(config, first)
     run1 = client.get(f"/v1/audits/{first}", headers=auth()).json
     assert run1["request"]["baseline"] is None
     assert not run1["report"]["gates"][0]["passed"] and "has none" in run1["report"]["gates"][0]["reason"]
     lower_top1(store, first, -0.5)  # the first night looked better than it was: the next run regresses
-    second = tick(store, dispatcher, now + timedelta(minutes=3))[0]
+    second = tick(store, dispatcher, now + timedelta(hours=3))[0]
     execute_audit(config, second)
     run2 = client.get(f"/v1/audits/{second}", headers=auth()).json
     assert run2["request"]["baseline"]["audit_id"] == first

@@ -143,9 +143,9 @@ class _BrokenDispatcher:
 
 
 def test_schedule_run_whose_send_failed_is_sent_by_the_redispatch(client, store, config, dispatcher, model_id):
-    resp = client.post("/v1/schedules", headers=auth(), json={**audit_body(model_id), "cron": "* * * * *"})
+    resp = client.post("/v1/schedules", headers=auth(), json={**audit_body(model_id), "cron": "0 * * * *"})
     assert resp.status_code == 201
-    fired = tick(store, _BrokenDispatcher(), utcnow() + timedelta(minutes=1))
+    fired = tick(store, _BrokenDispatcher(), utcnow() + timedelta(hours=1))
     assert len(fired) == 1 and _status(store, fired[0]) == "queued"
     config = replace(config, redispatch_s=60)
     assert redispatch(store, dispatcher, config, now=utcnow() + timedelta(seconds=61)) == fired

@@ -268,7 +268,8 @@ def test_make_sandbox_hides_the_service_home(config):
     tmpfs = {cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--tmpfs"}
     assert str(Path(config.home).resolve()) in tmpfs or any(
         str(Path(config.home).resolve()).startswith(t + os.sep) for t in tmpfs)
-    assert "--unshare-all" in cmd and "--clearenv" in cmd and "--die-with-parent" in cmd
+    assert {"--unshare-net", "--unshare-pid"} <= set(cmd) or "--unshare-all" in cmd
+    assert "--clearenv" in cmd and "--die-with-parent" in cmd
     assert make_sandbox(config, wall_s=10, gpu=True).limits.memory_mb is None
 
 

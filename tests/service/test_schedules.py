@@ -48,11 +48,11 @@ def test_tick_enqueues_due_schedules_once(client, store, dispatcher, model_id):
 
 
 def test_runs_show_verdicts_and_deltas(client, config, store, dispatcher, model_id):
-    sid = post_schedule(client, {**audit_body(model_id), "cron": "* * * * *"}).json["id"]
+    sid = post_schedule(client, {**audit_body(model_id), "cron": "0 * * * *"}).json["id"]
     now = datetime.now(timezone.utc)
-    first = tick(store, dispatcher, now + timedelta(minutes=1))[0]
+    first = tick(store, dispatcher, now + timedelta(hours=1))[0]
     execute_audit(config, first)
-    second = tick(store, dispatcher, now + timedelta(minutes=3))[0]
+    second = tick(store, dispatcher, now + timedelta(hours=3))[0]
     execute_audit(config, second)
     with store.session() as s:  # a regression from one night to the next
         a = s.get(Audit, second)

@@ -115,7 +115,7 @@ def test_soft_time_limit_and_internal_error_are_recorded(client, config, model_i
         execute_audit(config, broken)
     got = client.get(f"/v1/audits/{broken}", headers=auth()).json
     assert got["status"] == "failed"
-    assert got["error"] == {"code": "internal_error", "message": "ZeroDivisionError: boom"}
+    assert got["error"]["code"] == "internal_error" and "boom" not in got["error"]["message"]
 
 
 class _Killed(BaseException):

@@ -67,6 +67,10 @@ def arch_library(arch: str) -> tuple[ArchLibrary, str]:
         if library is ArchLibrary.HF or not rest:
             raise ModelCardError(f"model card 'arch' {short_repr(arch)}: write 'hf' (the model is described "
                                  "by options.config) or '<library>:<name>'")
+        if library is ArchLibrary.TIMM:
+            from .models.card_keys import check_timm_name  # (the models package imports this module)
+
+            check_timm_name(rest, "'arch'")
         return library, rest
     return ArchLibrary.TORCHVISION, arch
 
@@ -284,6 +288,9 @@ def _options(raw: Any, library: ArchLibrary | None) -> dict[str, Any]:
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
             raise ModelCardError("model card 'options.config' must hold the model's config.json (an object with "
                                  "'model_type') for arch 'hf'")
+        from .models.card_keys import check_hf_config  # (the models package imports this module)
+
+        check_hf_config(config)  # an allow-list: nothing in it can name a repository, a path or a kernel
         pre = raw.get("preprocessor")
         if pre is not None and not isinstance(pre, dict):
             raise ModelCardError("model card 'options.preprocessor' must be an object (preprocessor_config.json)")

@@ -63,6 +63,12 @@ class PathNotAllowedError(DatasetError):
     code = "path_not_allowed"
 
 
+class InvalidPathError(DatasetError):
+    """A path no filesystem can hold: too long, a component too long, or a NUL byte."""
+
+    code = "invalid_path"
+
+
 class SpecError(AuditInputError):
     """The audit specification (suites, parameters, gates) is invalid."""
 

@@ -11,9 +11,21 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ..errors import DatasetError, PathNotAllowedError
+from ..errors import DatasetError, InvalidPathError, PathNotAllowedError
 
 ENV_VAR = "ROBUSTAUDIT_DATA_ROOTS"
+#: what Linux takes: a path of PATH_MAX bytes, a component of NAME_MAX bytes
+MAX_PATH_BYTES, MAX_COMPONENT_BYTES = 4096, 255
+
+
+def check_path_length(path: str) -> None:
+    """Raise :class:`InvalidPathError` for a path the OS would refuse (``File name too long``)."""
+    raw = path.encode("utf-8", "surrogateescape")
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if len(raw) >= MAX_PATH_BYTES or longest > MAX_COMPONENT_BYTES or b"\0" in raw:
+        raise InvalidPathError(f"dataset path of {len(raw)} bytes: paths are limited to {MAX_PATH_BYTES - 1} "
+                               f"bytes and {MAX_COMPONENT_BYTES} per component, without NUL", length=len(raw),
+                               longest_component=longest)
 
 
 def default_data_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -28,6 +40,14 @@ def default_data_root(environ: Mapping[str, str] | None = None) -> Path:
     home = Path(env.get("ROBUSTAUDIT_HOME") or "var")
     storage = Path(env.get("ROBUSTAUDIT_STORAGE_DIR") or home / "storage")
     return (storage / "data").absolute()
+
+
+def _exists(real: Path) -> bool:
+    """Whether ``real`` exists; a path the OS cannot look up (too long once resolved) is invalid."""
+    try:
+        return real.exists()
+    except OSError:
+        raise InvalidPathError("dataset path cannot be looked up: it is too long once resolved") from None
 
 
 class DataRoots:
@@ -66,7 +86,9 @@ class DataRoots:
         return any(p.is_relative_to(root) for root in self.roots)
 
     def check(self, path: str | os.PathLike[str], *, shown: str | None = None) -> Path:
-        """Realpath ``path`` and return it, or raise :class:`PathNotAllowedError`."""
+        """Realpath ``path`` and return it, or raise :class:`PathNotAllowedError`
+        (:class:`InvalidPathError` when no filesystem could hold it)."""
+        check_path_length(os.fspath(path))
         real = Path(os.path.realpath(os.fspath(path)))
         if not self.contains(real):
             raise self._not_allowed(shown if shown is not None else os.fspath(path), real)
@@ -81,19 +103,23 @@ class DataRoots:
 
         Raises:
             PathNotAllowedError: the path resolves outside every root.
+            InvalidPathError: the path is too long for the OS (no file can have it).
             DatasetError: the path is allowed but does not exist.
         """
         if not isinstance(path, str) or not path:
             raise DatasetError(f"dataset path must be a non-empty string, got {path!r}")
+        check_path_length(path)
         p = Path(path)
         if p.is_absolute():
             real = self.check(p, shown=path)
-            if not real.exists():
+            if not _exists(real):
                 raise DatasetError(f"dataset path {path!r} does not exist", path=path)
             return real
+        for root in self.roots:
+            check_path_length(str(root / p))
         candidates = [Path(os.path.realpath(root / p)) for root in self.roots]
         for real in candidates:
-            if real.exists():
+            if _exists(real):
                 if not self.contains(real):
                     raise self._not_allowed(path, real)
                 return real

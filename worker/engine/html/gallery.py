@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..safe_files import read_regular, regular_size, split_name
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: fragile artifacts are <sample>_<rkey>_maps.png / _pairs.png (rkey r80 or r_0p8): one card per (sample, r)
 _FRAGILE = re.compile(r"^(?P<stem>.+_r_?[0-9p]+)_(?P<kind>maps|pairs)\.png$")
@@ -71,15 +73,18 @@ class Gallery:
     shown_bytes: int = 0
 
 
-def _resolve(out_dir: Path | None, rel: str) -> Path | None:
-    """The file of an artifact path from the report, or None if it is missing or leaves ``out_dir``."""
-    if out_dir is None or not rel.startswith("artifacts/"):
-        return None
-    root = out_dir.resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root / "artifacts") or not path.is_file():
-        return None
-    return path
+def _parts(out_dir: Path | None, rel: str) -> list[str] | None:
+    """The components of an artifact path from the report (untrusted: the sandbox wrote it), or
+    None when it is not below ``artifacts/``."""
+    parts = split_name(rel) if out_dir is not None else None
+    return parts if parts is not None and len(parts) > 1 and parts[0] == "artifacts" else None
+
+
+def _size(out_dir: Path | None, rel: str) -> int | None:
+    """The size of an artifact file, or None when it is missing, not a regular file or reached
+    through a symlink (the folder is read without following any: worker.engine.safe_files)."""
+    parts = _parts(out_dir, rel)
+    return regular_size(out_dir, parts) if out_dir is not None and parts is not None else None
 
 
 def _cards(suite: str, names: list[str]) -> list[Card]:
@@ -114,8 +119,7 @@ def build_gallery(suites: Mapping[str, Mapping[str, Any]], out_dir: Path | None,
         rels = [str(a) for a in entry.get("artifacts") or [] if isinstance(a, str)]
         gallery.files[suite] = []
         for rel in rels:
-            path = _resolve(out_dir, rel)
-            gallery.files[suite].append((rel, path.stat().st_size if path is not None else None))
+            gallery.files[suite].append((rel, _size(out_dir, rel)))
         cards = _cards(suite, [r for r in rels if r.endswith(".png")])
         before = gallery.shown
         for card in cards:
@@ -128,11 +132,12 @@ def build_gallery(suites: Mapping[str, Mapping[str, Any]], out_dir: Path | None,
 
 
 def _embed(pic: Picture, out_dir: Path | None, limits: GalleryLimits, gallery: Gallery, room: bool) -> None:
-    path = _resolve(out_dir, pic.href)
-    size = path.stat().st_size if path is not None else 0
-    fits = (room and path is not None and size <= limits.max_file_bytes and gallery.shown < limits.max_images
+    found = _size(out_dir, pic.href)
+    size = found or 0
+    fits = (room and found is not None and size <= limits.max_file_bytes and gallery.shown < limits.max_images
             and gallery.shown_bytes + size <= limits.max_bytes)
-    data = path.read_bytes() if fits and path is not None else b""
+    parts = _parts(out_dir, pic.href)
+    data = (read_regular(out_dir, parts, limits.max_file_bytes) or b"") if fits and out_dir and parts else b""
     if not fits or not data.startswith(PNG_SIGNATURE):
         gallery.left_out += 1
         gallery.left_out_bytes += size

@@ -18,7 +18,7 @@ from ..card import ModelCard, default_card_path, require_batch_fits
 from ..classifier import Classifier
 from ..errors import ModelCardError, ModelLoadError
 from .formats import LOADERS
-from .messages import model_message
+from .messages import is_out_of_memory, model_message
 
 _CHUNK = 1 << 20
 PROBE_BATCH = 2
@@ -92,6 +92,8 @@ def probe(classifier: Classifier) -> None:
             out = classifier(x.to(classifier.device))
     # AssertionError: a torch.export program's input guards fail with it.
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+        if is_out_of_memory(exc):  # not the card's fault: reported as model_out_of_memory by the sandbox
+            raise
         raise ModelCardError(
             f"the model fails on a probe batch of shape {tuple(x.shape)}: {model_message(exc)}; "
             "check 'input_size' (and 'format') in the model card") from None

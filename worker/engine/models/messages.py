@@ -25,3 +25,15 @@ def model_message(exc: BaseException) -> str:
         if ln.split(":", 1)[0].endswith("Error") and ":" in ln:
             return ln[:_LIMIT]
     return lines[0][:_LIMIT]
+
+
+#: what torch's allocators (CPU and CUDA) and the C library say when memory runs out
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out: MemoryError, torch's OutOfMemoryError, or the RuntimeError
+    torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OUT_OF_MEMORY)
