@@ -6,6 +6,7 @@ from .attacks import AttacksSuite
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
 from .fragile import FragileSuite
+from .invariance import InvarianceSuite
 from .perturbation.suite import PerturbationSuite
 
 SUITES: dict[str, type[Suite]] = {
@@ -13,6 +14,7 @@ SUITES: dict[str, type[Suite]] = {
     FragileSuite.name: FragileSuite,
     AttacksSuite.name: AttacksSuite,
     PerturbationSuite.name: PerturbationSuite,
+    InvarianceSuite.name: InvarianceSuite,
 }
 
 
