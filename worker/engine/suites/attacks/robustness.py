@@ -15,7 +15,7 @@ from ...attacks import Attack, AttackResult, make_attack
 from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric, proportion
-from .common import Record, Sample, in_batches, median, seeds_for, share
+from .common import Adversarials, Record, Sample, in_batches, median, seeds_for, share
 from .params import attacks_for, budgets, eps_key
 
 UNIT = {"linf": Unit.LINF, "l2": Unit.L2}
@@ -72,8 +72,8 @@ def merge_costs(a: CostTable, b: CostTable) -> CostTable:
 
 
 def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
-                   params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None
-                   ) -> tuple[dict[str, Record], CostTable]:
+                   params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None,
+                   keep: Adversarials | None = None) -> tuple[dict[str, Record], CostTable]:
     """Per sample and norm: success per attack and budget, worst-case adversarial class per budget,
     and the minimal perturbation; and the cost per norm and attack. Samples not attacked (clean
     mistakes) get ``None`` entries.
@@ -83,7 +83,8 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     the smallest ones (what falls in a small ball falls in every larger one), so the samples are
     grouped by how many of the sorted budgets they still hold, one attack call per group.
     With ``eot`` the attacks see the model through :class:`EoT` and every success is judged again
-    by a majority of passes.
+    by a majority of passes. With ``keep``, each success of the robust-accuracy set is offered to it
+    (it keeps one adversarial per sample and norm).
     """
     out: dict[str, Record] = {sid: {} for sid in ids}
     idx = attacked.nonzero().squeeze(1)
@@ -158,6 +159,8 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                             row[c], cls[c] = bool(success[b, k]), int(preds[b, k])
                             if row[c]:
                                 robust[norm][c, m] = False
+                                if keep is not None:
+                                    keep.offer(gids[pos + k], norm, eps[c], name, res.adversarials[b][k])
                         rec["success"][name] = row
                         rec.setdefault("pred", {})[name] = cls
                     if not in_set and res.minimal_norms is not None:

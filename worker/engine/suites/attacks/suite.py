@@ -19,20 +19,22 @@ from ...params import ParamSchema
 from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult
 from ..parts import CompositeMixin, Part, part_params
-from .common import Final, Sample, Shard, in_batches
+from .common import Adversarials, Final, Sample, Shard, in_batches
 from .loss_comparison import LossComparisonPart
 from .misclassification import misclassification_metrics
 from .params import CORE, MOVED, attacks_for, budgets, check, eps_key, with_set_defaults
 from .plots import robust_accuracy_plot
 from .regional import RegionalPart
 from .robustness import Cost, CostTable, merge_costs, robustness_metrics, run_untargeted
+from .saliency import SaliencyPart
 from .sanity import eot_summary, probe, sanity_warnings, unreliable_metrics
 from .suitability import suitability_metrics
 from .targeted import TargetedPart
 from .transfer import TransferPart
 
 #: the parts after the untargeted core (2a), in run order; a new part is one module and one entry
-PARTS: tuple[Part[Shard, Final], ...] = (TargetedPart(), RegionalPart(), LossComparisonPart(), TransferPart())
+PARTS: tuple[Part[Shard, Final], ...] = (TargetedPart(), RegionalPart(), LossComparisonPart(), TransferPart(),
+                                         SaliencyPart())
 #: progress units of the untargeted core against a part's
 CORE_UNITS = 3
 
@@ -114,13 +116,17 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
             records[sid].eot = eot is not None
         # progress: rough shares of the work (the untargeted core 3 units, each part its own)
         total = CORE_UNITS + self.part_units(params)
+        # the core's successful adversarials, kept only for a part that reads them (saliency)
+        keep = Adversarials() if any(getattr(p, "uses_adversarials", False) for p in self.enabled_parts(params)) \
+            else None
         untargeted, cost = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                          lambda f: ctx.progress(CORE_UNITS * f / total), eot)
+                                          lambda f: ctx.progress(CORE_UNITS * f / total), eot, keep)
         for sid in ids:
             records[sid].attacks = untargeted[sid]
 
         def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
-            return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress)
+            return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress,
+                         adversarials=keep)
 
         parts = self.run_parts(params, inputs, ctx.progress, start=CORE_UNITS, total=total)
         return {"samples": {sid: r.to_json() for sid, r in records.items()}, "cost": cost, "parts": parts}
@@ -152,7 +158,8 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         final = Final(ctx=ctx, suite=self.name, params=params, records=records, class_names=names, hierarchy=hierarchy)
         results = self.finalize_parts(final, parts)
         for name, res in results:
-            metrics[name] = res.metrics
+            if res.metrics is not None:  # a part that skipped says why in its warnings
+                metrics[name] = res.metrics
         if n:
             artifacts.append(store.relative(robust_accuracy_plot(store.path(self.name, "robust_accuracy.png"),
                                                                  metrics, params)))
@@ -162,10 +169,13 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         for _, res in results:
             artifacts += res.artifacts
         warnings = sanity_warnings(records, params, ctx.classifier.num_classes)
+        warnings += [w for _, res in results for w in res.warnings]
         metadata = {"attacks": {norm: attacks_for(params, norm) for norm in params["norms"]},
                     "cascade": params["cascade"], "eot": eot_summary(records, params),
                     "cost": _rounded(partial["cost"])}
         extra: dict[str, Any] = {"metadata": metadata}
+        for _, res in results:
+            extra.update(res.extra)
         unreliable = unreliable_metrics(records, warnings, params, self.metric_paths(params))
         if unreliable is not None:
             extra["unreliable"] = unreliable
