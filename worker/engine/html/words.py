@@ -34,6 +34,17 @@ FLAG_WORDS: dict[str, str] = {
     "generator_seeds_rejected": "The model recognised few of the generator's images, so the generator-layer "
                                 "numbers rest on few seeds.",
     "fragile_region_too_small": "Some region sizes were too small for some images and were skipped there.",
+    "null_space_skipped": "The model's first operation on its input is not a Linear or Conv2d layer that can be "
+                          "analysed, so no exact feature collisions were searched for.",
+    "null_space_lower_bound": "The null space is at least this large; the iterative search only looked at a few "
+                              "of the smallest singular values.",
+    "null_space_not_converged": "The search for the smallest singular values stopped early: the smallest "
+                                "singular value shown is an upper bound.",
+    "null_space_collision_inexact": "Some image pairs that should give identical features changed the output: "
+                                    "the model does more to its input than the layer found.",
+    "null_space_shards_disagree": "Different workers found different first layers or null spaces; one was kept.",
+    "saliency_skipped": "The model has no spatial layer (or its Grad-CAM could not be computed), so where the "
+                        "perturbations land was not measured.",
 }
 
 #: gate status -> how the page names it

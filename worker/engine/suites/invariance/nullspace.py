@@ -32,8 +32,11 @@ from .operator import FirstOperator, OperatorKind
 
 #: the dense path forms a D x D matrix: at most this many input values (32 MiB at 2048, 128 MiB here)
 DENSE_MAX_INPUTS = 4096
-#: an exact SVD of a Linear weight is used up to this many multiply-adds (min² x max of its sides)
+#: an exact SVD (of a Linear weight, or of a patch embedding's per-patch matrix) is used up to this
+#: many multiply-adds (min² x max of its sides); a larger one goes the iterative way
 MATRIX_MAX_WORK = 2e11
+#: the iterative way keeps about 3k vectors of the input's size (float64): k shrinks to fit this
+ITERATIVE_MAX_BYTES = 2 * 2**30
 #: singular values kept for the report's spectrum plot (evenly spaced ranks, the last always in)
 SPECTRUM_POINTS = 256
 #: identity columns pushed through W at once on the dense path
@@ -134,7 +137,8 @@ def sampled_spectrum(values: list[float], length: int) -> list[float]:
     """``length`` singular values (``values`` descending, then zeros) at evenly spaced ranks."""
     if length <= 0:
         return []
-    ranks = sorted({round(i * (length - 1) / max(1, SPECTRUM_POINTS - 1)) for i in range(min(length, SPECTRUM_POINTS))})
+    m = min(length, SPECTRUM_POINTS)
+    ranks = sorted({round(i * (length - 1) / max(1, m - 1)) for i in range(m)})
     return [float(values[r]) if r < len(values) else 0.0 for r in ranks]
 
 
@@ -219,6 +223,7 @@ def dense(op: FirstOperator, rtol: float) -> NullSpace:
 def iterative(op: FirstOperator, rtol: float, *, k: int, iterations: int, generator: torch.Generator) -> NullSpace:
     d = op.in_numel
     device = op.weight.device
+    k = max(1, min(k, ITERATIVE_MAX_BYTES // (3 * 8 * d)))
 
     def gram(rows: torch.Tensor) -> torch.Tensor:
         return op.gram(rows.reshape(-1, *op.in_shape)).reshape(rows.shape[0], d)
@@ -240,16 +245,18 @@ def iterative(op: FirstOperator, rtol: float, *, k: int, iterations: int, genera
                      projector=Projector("span", pairs.vectors[zero].contiguous()) if dimension else None)
 
 
+def _small(rows: int, cols: int) -> bool:
+    return min(rows, cols) ** 2 * max(rows, cols) <= MATRIX_MAX_WORK
+
+
 def null_space(op: FirstOperator, method: Method, rtol: float, *, k: int, iterations: int,
                generator: torch.Generator) -> NullSpace:
     """null(W) by the first way that applies (see the module's docstring)."""
     if method is Method.AUTO:
-        if op.non_overlapping:
+        if op.non_overlapping and _small(op.weight.shape[0], op.weight[0].numel() * op.groups):
             return exact_patches(op, rtol)
-        if op.kind is OperatorKind.LINEAR:
-            rows, cols = op.weight.shape
-            if min(rows, cols) ** 2 * max(rows, cols) <= MATRIX_MAX_WORK:
-                return exact_matrix(op, rtol)
+        if op.kind is OperatorKind.LINEAR and _small(*op.weight.shape):
+            return exact_matrix(op, rtol)
         if op.in_numel <= DENSE_MAX_INPUTS:
             return dense(op, rtol)
     if method is Method.DENSE and op.in_numel <= DENSE_MAX_INPUTS:
