@@ -204,9 +204,8 @@ def gram_matrix(op: FirstOperator) -> torch.Tensor:
 
 
 def dense(op: FirstOperator, rtol: float) -> NullSpace:
-    lam, vec = torch.linalg.eigh(gram_matrix(op))
-    s = lam.clamp(min=0).sqrt().flip(0)  # descending
-    vec = vec.flip(1)
+    gram = gram_matrix(op)
+    s = torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().flip(0)  # descending; vectors only when needed
     top, rank = _cut(s, rtol)
     d = s.numel()
     dimension = d - rank
@@ -214,6 +213,7 @@ def dense(op: FirstOperator, rtol: float) -> NullSpace:
     above = [v for v in values if v > rtol * top]
     projector = None
     if dimension:
+        vec = torch.linalg.eigh(gram)[1].flip(1)
         projector = (Projector("span", vec[:, rank:].T.contiguous()) if dimension <= rank
                      else Projector("complement", vec[:, :rank].T.contiguous()))
     return NullSpace(Path.DENSE, dimension, 0.0 if dimension else float(s[-1]), min(above) if above else None,
