@@ -5,6 +5,8 @@ exact one, models that skip, and the exact shard merge."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from torch import nn
 from tests.tiny import TinyNet, random_samples
 from worker.engine.card import ModelCard
 from worker.engine.classifier import Classifier
+from worker.engine.cli import main
 from worker.engine.errors import SpecError
 from worker.engine.html.plots import null_space_spectrum, suite_plots
 from worker.engine.metrics import iter_leaves
@@ -20,7 +23,7 @@ from worker.engine.runner import run_suite
 from worker.engine.suites import get_suite
 from worker.engine.suites.base import ArtifactStore, SuiteContext
 from worker.engine.suites.invariance.collisions import Objective, colliding_perturbations
-from worker.engine.suites.invariance.nullspace import Method, Path, null_space
+from worker.engine.suites.invariance.nullspace import Method, Way, null_space
 from worker.engine.suites.invariance.operator import find_first_operator
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.5]  # per channel: the null space in pixel space is scaled by std
@@ -91,7 +94,7 @@ def test_patch_embedding_has_its_known_null_space_and_colliding_pairs_give_equal
     op = find_first_operator(clf, x[0])
     space = null_space(op, Method.AUTO, 1e-6, k=8, iterations=50, generator=torch.Generator().manual_seed(0))
     unread = 3 * (size * size - 16 * 16)
-    assert space.path is Path.PATCHES
+    assert space.way is Way.PATCHES
     assert space.dimension == 16 * (3 * 4 * 4 - 16) + unread == 716
     assert space.smallest == 0.0 and space.smallest_nonzero is not None and space.smallest_nonzero > 1e-3
     gens = [torch.Generator().manual_seed(i) for i in range(len(x))]
@@ -130,7 +133,7 @@ def test_the_suite_reports_the_collisions_and_one_shard_equals_three(tmp_path):
     assert sorted(paths) == sorted(p for p, _ in iter_leaves(whole["metrics"]))
     assert whole["artifacts"] == ["artifacts/invariance/null_space_pairs.png"]
     assert (tmp_path / "a" / whole["artifacts"][0]).read_bytes().startswith(b"\x89PNG")
-    assert whole["warnings"] == [] and whole["null_space"]["path"] == "exact_patches"
+    assert whole["warnings"] == [] and whole["null_space"]["way"] == "exact_patches"
     plots = suite_plots("invariance", whole, [])
     assert len(plots) == 1 and "(n = 48 values)" in plots[0].title and plots[0].png.startswith(b"\x89PNG")
 
@@ -151,7 +154,7 @@ def test_an_overlapping_convolution_has_no_null_space(tmp_path):
     clf = classifier(model, channels=1, size=12)
     result = audit(tmp_path, clf, random_samples(3, channels=1, size=12), {"null_space": {"steps": 2}})
     m = result["metrics"]["null_space"]
-    assert m["dimension"]["value"] == 0 and result["null_space"]["path"] == "dense"
+    assert m["dimension"]["value"] == 0 and result["null_space"]["way"] == "dense"
     # the suite works on the normalised input: std 1 there; NumPy's answer on the same map
     expected = _dense_singular_values(model.conv, (1, 12, 12), [1.0]).min()
     assert m["smallest_singular_value"]["value"] == pytest.approx(expected, rel=1e-6)
@@ -166,7 +169,7 @@ def test_the_numeric_ways_agree_with_the_exact_one():
     op = find_first_operator(full, torch.rand(1, 8, 8))
     ways = {m: null_space(op, m, 1e-6, k=4, iterations=300, generator=gen().manual_seed(0))
             for m in (Method.AUTO, Method.DENSE, Method.ITERATIVE)}
-    assert [w.path for w in ways.values()] == [Path.PATCHES, Path.DENSE, Path.ITERATIVE]
+    assert [w.way for w in ways.values()] == [Way.PATCHES, Way.DENSE, Way.ITERATIVE]
     exact = ways[Method.AUTO].smallest
     assert exact > 1e-3 and all(w.dimension == 0 for w in ways.values())
     assert ways[Method.DENSE].smallest == pytest.approx(exact, rel=1e-8)
@@ -194,7 +197,7 @@ def test_a_linear_first_layer_and_scripted_models():
     clf = classifier(torch.jit.script(mlp), channels=3, size=4)
     op = find_first_operator(clf, torch.rand(3, 4, 4))
     space = null_space(op, Method.AUTO, 1e-6, k=4, iterations=50, generator=torch.Generator().manual_seed(0))
-    assert op.kind == "linear" and space.path is Path.MATRIX and space.dimension == 48 - 30
+    assert op.kind == "linear" and space.way is Way.MATRIX and space.dimension == 48 - 30
     # the patch embedding through TorchScript: the same operator as the module
     patch = PatchNet()
     scripted = find_first_operator(classifier(torch.jit.script(patch)), torch.rand(3, 16, 16))
@@ -236,8 +239,25 @@ def test_parameters_are_bounded():
 
 
 def test_spectrum_plot_reads_the_report_entry_alone():
-    entry = {"null_space": {"path": "iterative", "spectrum": [2.0, 1e-9, 1e-9], "spectrum_length": 3, "rtol": 1e-6,
+    entry = {"null_space": {"way": "iterative", "spectrum": [2.0, 1e-9, 1e-9], "spectrum_length": 3, "rtol": 1e-6,
                             "dimension": 2, "lower_bound": True}}
     plot = null_space_spectrum(entry)
     assert plot is not None and "(n = 3 values)" in plot.title
     assert null_space_spectrum({"null_space": {"spectrum": []}}) is None and null_space_spectrum({}) is None
+
+
+def test_cli_audit_gates_on_the_dimension_and_the_report_validates(tmp_path, report_validator, data_root):
+    path = tmp_path / "patch.pt"
+    torch.jit.script(PatchNet(channels=1, out=8, rank=8)).save(str(path))
+    (tmp_path / "patch.card.json").write_text(json.dumps({"format": "torchscript", "num_classes": 10,
+                                                          "input_size": [1, 32, 32], "mean": [0.5], "std": [0.5]}))
+    out = tmp_path / "out"
+    code = main(["audit", "--quiet", "--out", str(out), "--model", str(path), "--dataset", "builtin:digits",
+                 "--n-samples", "4", "--suite", "invariance", "--set", 'invariance.null_space={"steps": 2}',
+                 "--gate", "invariance.null_space.dimension >= 512",
+                 "--gate", "invariance.null_space.max_logit_change < 0.0001"])
+    report = json.loads((out / "report.json").read_text())
+    report_validator.validate(report)
+    assert code == 0 and report["verdict"] == "pass"
+    assert report["suites"]["invariance"]["metrics"]["null_space"]["dimension"]["value"] == 64 * (16 - 8)
+    assert "First-layer singular values" in (out / "report.html").read_text()

@@ -146,7 +146,8 @@ def gradcam(clf: Classifier, x: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     logits, acts, layer = _forward(clf, leaf)
     n = x.shape[0]
     score = logits[torch.arange(n, device=logits.device), labels.to(logits.device)].sum()
-    (grads,) = torch.autograd.grad(score, acts)
+    (grads,) = torch.autograd.grad(score, acts, allow_unused=True)  # unused: the score ignores them, map 0
+    grads = torch.zeros_like(acts) if grads is None else grads
     acts, grads = acts[:n].detach().double(), grads[:n].double()  # a fixed-batch program pads the batch
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * acts).sum(dim=1, keepdim=True))

@@ -302,8 +302,8 @@ def null_space_spectrum(entry: Mapping[str, Any]) -> Plot | None:
         return None
     tol = float(facts.get("rtol") or 0.0) * top
     floor = max(tol * 1e-3, top * 1e-16)
-    path = str(facts.get("path", ""))
-    ranks = list(range(len(values))) if path == "iterative" else [
+    way = str(facts.get("way", ""))
+    ranks = list(range(len(values))) if way == "iterative" else [
         round(i * (length - 1) / max(1, len(values) - 1)) for i in range(len(values))]
     fig = _figure(5.4, 3.6)
     ax = fig.subplots()
@@ -322,14 +322,14 @@ def null_space_spectrum(entry: Mapping[str, Any]) -> Plot | None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))  # text, not mathtext
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel({"iterative": "the largest, then the smallest ones LOBPCG found",
-                   "exact_patches": "rank (per patch: each value once per patch)"}.get(path, "rank"))
+                   "exact_patches": "rank (per patch: each value once per patch)"}.get(way, "rank"))
     ax.set_ylabel("singular value")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     dim = facts.get("dimension")
     more = "at least " if facts.get("lower_bound") else ""
     title = f"First-layer singular values (n = {length} values)"
-    ax.set_title(f"{title}\n{path.replace('_', ' ')}: null space dimension {more}{dim}", fontsize=9)
+    ax.set_title(f"{title}\n{way.replace('_', ' ')}: null space dimension {more}{dim}", fontsize=9)
     return Plot(title, _png(fig), "singular values of the model's first linear operator, largest first, with the "
                 "tolerance under which they count as zero")
 

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -23,12 +24,12 @@ from ...metrics import Unit, metric, proportion
 from ...params import Param, ParamKind, ParamSchema
 from ...samples import SampleSet
 from ..attacks.common import median
-from ..base import Warning_
+from ..base import SuiteContext, Warning_
 from ..parts import Part, PartResult
 from .collisions import Objective, colliding_perturbations
 from .common import Final, Shard, thumbnail
-from .nullspace import DENSE_MAX_INPUTS, Method, null_space
-from .operator import NotLinear, find_first_operator
+from .nullspace import DENSE_MAX_INPUTS, Method, NullSpace, null_space
+from .operator import FirstOperator, NotLinear, find_first_operator
 from .plots import pairs_plot
 
 SCHEMA = ParamSchema((
@@ -73,18 +74,38 @@ def _verify(clf: Classifier, x: torch.Tensor, delta: torch.Tensor) -> tuple[torc
                      "prediction": int(logits[0].argmax()), "partner_prediction": int(logits[1].argmax())}
 
 
+#: per classifier (while it lives) and settings: its operator and null space, so that the shards a
+#: process runs share one analysis (each would find the same: same weights, same seeded generator)
+_ANALYSED: WeakKeyDictionary[Classifier, dict[str, tuple[FirstOperator, NullSpace] | str]] = WeakKeyDictionary()
+
+
+def analyse(ctx: SuiteContext, own: Mapping[str, Any], probe: torch.Tensor) -> tuple[FirstOperator, NullSpace] | str:
+    """W and its null space, or why the model has no W to analyse (memoised per classifier)."""
+    clf = ctx.classifier
+    # the weights' storage and version counters: a model trained in place between audits is analysed afresh
+    weights = [(p.data_ptr(), p._version) for p in clf.model.parameters()]
+    key = json.dumps([str(own["method"]), own["rtol"], own["k"], own["iterations"], ctx.seed, weights])
+    memo = _ANALYSED.setdefault(clf, {})
+    if key not in memo:
+        try:
+            op = find_first_operator(clf, probe)
+        except NotLinear as exc:
+            memo[key] = str(exc)
+        else:
+            memo[key] = (op, null_space(op, own["method"], own["rtol"], k=own["k"], iterations=own["iterations"],
+                                        generator=ctx.generator(LOBPCG_SALT)))
+    return memo[key]
+
+
 def run_null_space(inp: Shard) -> dict[str, Any]:
     """The operator's facts and, per image, its colliding partner's facts (None without a null space)."""
     ctx, own, ids = inp.ctx, inp.params["null_space"], list(inp.samples.ids)
     clf = ctx.classifier
     x = inp.samples.prepared(clf.card).to(clf.device)
-    probe = x[0] if len(x) else torch.zeros(clf.input_size, device=clf.device)
-    try:
-        op = find_first_operator(clf, probe)
-    except NotLinear as exc:
-        return {"facts": {"skipped": str(exc)}, "samples": {}, "examples": {}}
-    space = null_space(op, own["method"], own["rtol"], k=own["k"], iterations=own["iterations"],
-                       generator=ctx.generator(LOBPCG_SALT))
+    found = analyse(ctx, own, x[0] if len(x) else torch.zeros(clf.input_size, device=clf.device))
+    if isinstance(found, str):
+        return {"facts": {"skipped": found}, "samples": {}, "examples": {}}
+    op, space = found
     facts = {"operator": op.describe(), "null_space": space.to_json()}
     inp.progress(0.2)
     samples: dict[str, Any] = {sid: None for sid in ids}
@@ -121,13 +142,13 @@ def null_space_metrics(facts: Mapping[str, Any], records: list[dict[str, Any]], 
     max_logit_change, same_prediction}"""
     ns = facts["null_space"]
     n = len(records)
-    how = f"{ns['path'].replace('_', ' ')}, rtol {ns['rtol']:g}"
+    how = f"{ns['way'].replace('_', ' ')}, rtol {ns['rtol']:g}"
     none = " (no null space: no colliding pairs)" if not ns["dimension"] else ""
     return {
         "dimension": metric(ns["dimension"], Unit.COUNT, inputs, "dimension of the null space of the model's first "
                             f"linear operator W, over its {inputs} input values ({how})"
                             + (": a lower bound, every value LOBPCG found is zero" if ns["lower_bound"] else ""),
-                            method=ns["path"], lower_bound=ns["lower_bound"], better="lower"),
+                            way=ns["way"], lower_bound=ns["lower_bound"], better="lower"),
         "smallest_singular_value": metric(ns["smallest"], Unit.RATIO, inputs, "smallest singular value of W (0 when "
                                           f"it has a null space; {how})", largest=ns["largest"],
                                           smallest_nonzero=ns["smallest_nonzero"], converged=ns["converged"],

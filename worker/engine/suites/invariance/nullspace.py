@@ -53,7 +53,7 @@ class Method(StrEnum):
     ITERATIVE = "iterative"
 
 
-class Path(StrEnum):
+class Way(StrEnum):
     """What was computed."""
 
     PATCHES = "exact_patches"
@@ -100,7 +100,7 @@ class NullSpace:
     """null(W): its dimension, W's singular values around it, and the projection onto it.
 
     Args:
-        path: how it was computed.
+        way: how it was computed.
         dimension: singular values at most ``rtol`` times the largest (with the input values no
             patch reads); a lower bound when ``lower_bound``.
         smallest: W's smallest singular value (0 when the dimension is above 0).
@@ -114,7 +114,7 @@ class NullSpace:
         projector: the projection onto null(W) (None when the dimension is 0).
     """
 
-    path: Path
+    way: Way
     dimension: int
     smallest: float
     smallest_nonzero: float | None
@@ -127,7 +127,7 @@ class NullSpace:
     projector: Projector | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path.value, "dimension": self.dimension, "smallest": self.smallest,
+        return {"way": self.way.value, "dimension": self.dimension, "smallest": self.smallest,
                 "smallest_nonzero": self.smallest_nonzero, "largest": self.largest, "rtol": self.rtol,
                 "spectrum": self.spectrum, "spectrum_length": self.spectrum_length,
                 "lower_bound": self.lower_bound, "converged": self.converged}
@@ -173,7 +173,7 @@ def exact_patches(op: FirstOperator, rtol: float) -> NullSpace:
     dimension = (hc // kh) * (wc // kw) * (width - rank) + free
     values = s.tolist()
     above = [v for v in values if v > rtol * top]
-    return NullSpace(Path.PATCHES, dimension, 0.0 if dimension else float(s.min()),
+    return NullSpace(Way.PATCHES, dimension, 0.0 if dimension else float(s.min()),
                      min(above) if above else None, top, rtol, sampled_spectrum(values, width), width,
                      projector=Projector("patches", vh[:rank], (kh, kw), (hc, wc)) if dimension else None)
 
@@ -186,7 +186,7 @@ def exact_matrix(op: FirstOperator, rtol: float) -> NullSpace:
     dimension = d - rank
     values = s.tolist()
     above = [v for v in values if v > rtol * top]
-    return NullSpace(Path.MATRIX, dimension, 0.0 if dimension else float(s.min()), min(above) if above else None,
+    return NullSpace(Way.MATRIX, dimension, 0.0 if dimension else float(s.min()), min(above) if above else None,
                      top, rtol, sampled_spectrum(values, d), d,
                      projector=Projector("complement", vh[:rank]) if dimension else None)
 
@@ -216,7 +216,7 @@ def dense(op: FirstOperator, rtol: float) -> NullSpace:
         vec = torch.linalg.eigh(gram)[1].flip(1)
         projector = (Projector("span", vec[:, rank:].T.contiguous()) if dimension <= rank
                      else Projector("complement", vec[:, :rank].T.contiguous()))
-    return NullSpace(Path.DENSE, dimension, 0.0 if dimension else float(s[-1]), min(above) if above else None,
+    return NullSpace(Way.DENSE, dimension, 0.0 if dimension else float(s[-1]), min(above) if above else None,
                      top, rtol, sampled_spectrum(values, d), d, projector=projector)
 
 
@@ -239,7 +239,7 @@ def iterative(op: FirstOperator, rtol: float, *, k: int, iterations: int, genera
     dimension = int(zero.sum())
     above = s[~zero]
     values = [top] + sorted(s.tolist(), reverse=True)
-    return NullSpace(Path.ITERATIVE, dimension, 0.0 if dimension else float(s.min()),
+    return NullSpace(Way.ITERATIVE, dimension, 0.0 if dimension else float(s.min()),
                      float(above.min()) if above.numel() else None, top, rtol, values, len(values),
                      lower_bound=dimension == s.numel(), converged=pairs.converged,
                      projector=Projector("span", pairs.vectors[zero].contiguous()) if dimension else None)
