@@ -209,9 +209,6 @@ class NullSpacePart(Part[Shard, Final]):
             raise SpecError(f"{where}: dense needs at most {DENSE_MAX_INPUTS} input values; the model takes {values} "
                             "(use auto or iterative)", errors={where: "dense: the input is too large"})
 
-    def units(self, params: Mapping[str, Any]) -> int:
-        return 1
-
     def metric_paths(self, params: Mapping[str, Any]) -> list[str]:
         return null_space_paths()
 
