@@ -73,7 +73,10 @@ def test_gradcam_equals_the_hand_computation_for_every_way_of_finding_the_layer(
     assert (layer.source, layer.name) == (LayerSource.CARD, "features.4")
     scripted, layer = gradcam(Classifier(torch.jit.script(model), card(), sha256="0" * 64), x, labels)
     assert layer.source is LayerSource.AUTOGRAD and layer.name == "ReluBackward0"
-    for got in (hooked, named, scripted):
+    # a module holding a TorchScript program: its hookable parts have no spatial output, autograd does
+    wrapped, layer = gradcam(Classifier(nn.Sequential(torch.jit.script(model)), card(), sha256="0" * 64), x, labels)
+    assert layer.source is LayerSource.AUTOGRAD
+    for got in (hooked, named, scripted, wrapped):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-9)
     # an earlier layer the card names gives another map
     early, _ = gradcam(Classifier(model, card(gradcam_layer="features.1"), sha256="0" * 64), x, labels)

@@ -66,6 +66,7 @@ def _spatial(t: Any) -> bool:
 
 
 def hookable(model: torch.nn.Module) -> bool:
+    """Forward hooks fire on it (``register_forward_hook`` raises on a TorchScript module)."""
     return not isinstance(model, torch.jit.ScriptModule)
 
 
@@ -74,10 +75,11 @@ def check_layer(clf: Classifier) -> None:
     name = clf.card.gradcam_layer
     if name is None:
         return
-    if not hookable(clf.model):
+    modules = dict(clf.model.named_modules()) if hookable(clf.model) else {}
+    if not hookable(clf.model) or (name in modules and not hookable(modules[name])):
         raise ModelCardError(f"model card 'gradcam_layer' {name!r}: a TorchScript program's modules cannot be hooked; "
                              "leave it out (the last spatial layer is found through autograd)")
-    if name not in dict(clf.model.named_modules()) or name == "":
+    if name not in modules or name == "":
         raise ModelCardError(f"model card 'gradcam_layer' {name!r} is not a module of this model",
                              layer=name[:80])
 
@@ -104,7 +106,7 @@ def _forward(clf: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     caught: list[tuple[str, torch.Tensor]] = []
     handles = []
     if hookable(clf.model):
-        modules = dict(clf.model.named_modules())
+        modules = {k: m for k, m in clf.model.named_modules() if hookable(m)}  # not inside a TorchScript part
         chosen = {named: modules[named]} if named is not None else {k: m for k, m in modules.items() if k}
 
         def hook(name: str) -> Any:
