@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -149,5 +150,6 @@ def saliency_plot(path: Path, rows: list[dict[str, Any]], *, top_fraction: float
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"where the perturbation lands: Grad-CAM at {layer}"[:140], fontsize=8, parse_math=False)
+    title = textwrap.fill(f"where the perturbation lands: Grad-CAM at {layer}"[:300], width=20 * cols)
+    fig.suptitle(title, fontsize=8, parse_math=False)
     return _save(plt, fig, path)
