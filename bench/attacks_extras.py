@@ -1,10 +1,11 @@
-"""Cost of the attacks suite's parts 2e-2g against the base suite, measured in one run.
+"""Cost of the attacks suite's parts 2e-2g and saliency against the base suite, measured in one run.
 
 The base is the suite at its ``demo_params`` with the extra parts off; each configuration
-adds one part (regional masks, loss comparison, transfer from the PGD-trained demo CNN), and
-the last one all of them. Configurations run in turns, ``--repeats`` times; the report gives
-the best CPU time of this process (other jobs on shared cores do not count) and the samples
-through each model (forward-only and gradient passes, exact), with ratios to the base.
+adds one part (regional masks, loss comparison, transfer from the PGD-trained demo CNN, the
+saliency part's Grad-CAM), and the last one the first three. Configurations run in turns,
+``--repeats`` times; the report gives the best CPU time of this process (other jobs on shared
+cores do not count) and the samples through each model (forward-only and gradient passes,
+exact), with ratios to the base.
 
     python bench/attacks_extras.py [--samples 50] [--repeats 3]
 """
@@ -32,14 +33,16 @@ DEMO = ROOT / "worker" / "engine" / "assets" / "demo"
 SURROGATE = {"model": str(DEMO / "digits_cnn_pgd.pt"), "card": None}
 #: each part's object: the demo's settings, switched off or on
 OFF = {part: {**get_suite("attacks").demo_params.get(part, {}), "enabled": False}
-       for part in ("regional", "loss_comparison")}
+       for part in ("regional", "loss_comparison", "saliency")}
 ON = {part: {**obj, "enabled": True} for part, obj in OFF.items()}
 CONFIGS = {
     "base (2a-2d, demo_params)": {},
     "+ regional (2e)": {"regional": ON["regional"]},
     "+ loss comparison (2f)": {"loss_comparison": ON["loss_comparison"]},
     "+ transfer (2g)": {"transfer": SURROGATE},
-    "+ all three": {**ON, "transfer": SURROGATE},
+    "+ saliency (Grad-CAM)": {"saliency": ON["saliency"]},
+    "+ all three (2e-2g)": {"regional": ON["regional"], "loss_comparison": ON["loss_comparison"],
+                           "transfer": SURROGATE},
 }
 
 

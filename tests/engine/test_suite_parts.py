@@ -85,7 +85,7 @@ def test_composite_plumbing_routes_to_each_part_switched_on():
     assert set(toy.run_parts(off, lambda p, progress: {"n": 1, "progress": progress}, lambda f: None)) == {"a"}
 
 
-@pytest.mark.parametrize("suite", ["attacks", "perturbation"])
+@pytest.mark.parametrize("suite", ["attacks", "perturbation", "invariance"])
 def test_composite_suites_take_one_object_per_part(suite):
     cls = SUITES[suite]
     names = [p.name for p in cls.parts]  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ MAX_INPUT_SIDE = 4096
 MAX_INPUT_ELEMENTS = 50_000_000  # C x H x W of one input
 MAX_NAME_CHARS = 1000  # one class, group or display name
 MAX_CLASS_NAMES_CHARS = 4_000_000  # all class names together
+MAX_LAYER_CHARS = 256  # a module name (gradcam_layer)
 FLOAT32_BYTES = 4
 
 
@@ -109,6 +110,8 @@ class ModelCard:
         unset: the preprocessing fields (and, for ``hf``, the class names) the card left out; a
             timm or Hugging Face loader fills them from the library's configuration (until then
             they hold defaults).
+        gradcam_layer: the module (its name in ``named_modules()``) at which the attacks suite's
+            saliency part computes Grad-CAM; None: the last module with a spatial 4-D output.
     """
 
     format: ModelFormat
@@ -123,6 +126,7 @@ class ModelCard:
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     unset: frozenset[str] = frozenset()
+    gradcam_layer: str | None = None
 
     @property
     def channels(self) -> int:
@@ -186,6 +190,8 @@ class ModelCard:
             d.pop(key, None)
         if not self.options:
             del d["options"]
+        if self.gradcam_layer is None:
+            del d["gradcam_layer"]
         return d
 
     @classmethod
@@ -194,7 +200,7 @@ class ModelCard:
         if not isinstance(raw, dict):
             raise ModelCardError("model card must be a JSON object")
         known = {"format", "num_classes", "input_size", "mean", "std", "arch", "class_names",
-                 "hierarchy", "preprocess", "name", "options"}
+                 "hierarchy", "preprocess", "name", "options", "gradcam_layer"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ModelCardError(f"model card has unknown fields {[short_repr(u) for u in unknown[:5]]}; "
@@ -261,10 +267,15 @@ class ModelCard:
         if name is not None and not is_bounded_name(name):
             raise ModelCardError(f"model card 'name' must be a string of at most {MAX_NAME_CHARS} characters "
                                  "without NUL")
+        layer = raw.get("gradcam_layer")
+        if layer is not None and not (isinstance(layer, str) and layer and len(layer) <= MAX_LAYER_CHARS
+                                      and is_bounded_name(layer)):
+            raise ModelCardError("model card 'gradcam_layer' must be a module name (a non-empty string of at most "
+                                 f"{MAX_LAYER_CHARS} characters without NUL) or null")
         return cls(format=fmt, num_classes=num_classes, input_size=(size[0], size[1], size[2]),
                    mean=mean, std=std, arch=arch, class_names=tuple(names_raw), hierarchy=dict(hierarchy),
                    preprocess=Preprocess(pre.get("resize"), pre.get("crop")), name=name, options=options,
-                   unset=unset)
+                   unset=unset, gradcam_layer=layer)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelCard:

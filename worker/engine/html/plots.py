@@ -356,14 +356,90 @@ def _span_label(span: Any) -> str:
     if high is None:
         return f"> {low}"
     return f"{low}-{high}"
+def null_space_spectrum(entry: Mapping[str, Any]) -> Plot | None:
+    """The singular values of the model's first linear operator, largest first, on a log scale, with
+    the tolerance under which one counts as zero: the null space is the drop to the floor."""
+    facts = entry.get("null_space")
+    if not isinstance(facts, Mapping) or not isinstance(facts.get("spectrum"), list) or not facts["spectrum"]:
+        return None
+    values = [float(v) for v in facts["spectrum"] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    length = int(facts.get("spectrum_length") or len(values))
+    top = max(values, default=0.0)
+    if not values or top <= 0:
+        return None
+    tol = float(facts.get("rtol") or 0.0) * top
+    floor = max(tol * 1e-3, top * 1e-16)
+    way = str(facts.get("way", ""))
+    ranks = list(range(len(values))) if way == "iterative" else [
+        round(i * (length - 1) / max(1, len(values) - 1)) for i in range(len(values))]
+    fig = _figure(5.4, 3.6)
+    ax = fig.subplots()
+    shown = [max(v, floor) for v in values]
+    zero = [v <= tol for v in values]
+    ax.plot([r for r, z in zip(ranks, zero) if not z], [v for v, z in zip(shown, zero) if not z], "o", markersize=3,
+            color="#1565c0", label="singular values")
+    if any(zero):
+        ax.plot([r for r, z in zip(ranks, zero) if z], [v for v, z in zip(shown, zero) if z], "o", markersize=3,
+                color="#c62828", label="zero: the null space")
+    if tol > 0:
+        ax.axhline(tol, color="grey", linestyle="--", linewidth=0.8, label=f"tolerance ({fmt_num(tol, 2)})")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))  # text, not mathtext
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel({"iterative": "the largest, then the smallest ones LOBPCG found",
+                   "exact_patches": "rank (per patch: each value once per patch)"}.get(way, "rank"))
+    ax.set_ylabel("singular value")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    dim = facts.get("dimension")
+    more = "at least " if facts.get("lower_bound") else ""
+    title = f"First-layer singular values (n = {length} values)"
+    ax.set_title(f"{title}\n{way.replace('_', ' ')}: null space dimension {more}{dim}", fontsize=9)
+    return Plot(title, _png(fig), "singular values of the model's first linear operator, largest first, with the "
+                "tolerance under which they count as zero")
+
+
+def saliency_overlap(entry: Mapping[str, Any]) -> Plot | None:
+    """How many fooled samples put which share of their perturbation's energy in the top Grad-CAM region,
+    per norm, with the chance level marked."""
+    facts = (entry.get("metadata") or {}).get("saliency")
+    if not isinstance(facts, Mapping) or not isinstance(facts.get("histogram"), Mapping):
+        return None
+    hist = {str(k): [int(c) for c in v] for k, v in facts["histogram"].items() if isinstance(v, list)}
+    total = sum(sum(v) for v in hist.values())
+    if not total:
+        return None
+    bins = int(facts.get("bins") or max(len(v) for v in hist.values()))
+    edges = [i / bins for i in range(bins)]
+    fig = _figure(5.4, 3.6)
+    ax = fig.subplots()
+    width = 1.0 / bins / max(1, len(hist))
+    for k, (norm, counts) in enumerate(hist.items()):
+        ax.bar([e + k * width for e in edges[:len(counts)]], counts, width=width, align="edge", label=_label(norm))
+    chance = facts.get("chance")
+    if isinstance(chance, (int, float)):
+        ax.axvline(float(chance), color="black", linestyle="--", linewidth=1, label=f"chance ({fmt_num(chance, 3)})")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the perturbation's energy in the top Grad-CAM region")
+    ax.set_ylabel("fooled samples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    title = f"Where the perturbation lands (n = {total} examples)"
+    ax.set_title(title, fontsize=10)
+    return Plot(title, _png(fig), "histogram of the share of each successful perturbation's energy inside the "
+                "top Grad-CAM region of the clean image, per norm, with the chance level")
 
 
 def suite_plots(name: str, entry: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) -> list[Plot]:
     """Every aggregate plot the suite's entry has data for, in reading order."""
     makers = {
-        "attacks": (lambda: robust_accuracy(entry, gates), lambda: modify_mimic(entry)),
+        "attacks": (lambda: robust_accuracy(entry, gates), lambda: modify_mimic(entry),
+                    lambda: saliency_overlap(entry)),
         "perturbation": (lambda: corruption_heatmap(entry), lambda: generator_layers(entry)),
         "fragile": (lambda: fri_rates(entry),),
         "shift": (lambda: shift_accuracy(entry),),
+        "invariance": (lambda: null_space_spectrum(entry),),
     }.get(name, ())
     return [p for p in (make() for make in makers) if p is not None]

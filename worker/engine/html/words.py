@@ -47,6 +47,17 @@ FLAG_WORDS: dict[str, str] = {
                              "plot; those were left out rather than drawn from one or two attempts.",
     "shift_empty_bins": "The second dataset has no images at some levels of uncertainty: the controlled drop "
                         "compares the two sets on the other levels only.",
+    "null_space_skipped": "The model's first operation on its input is not a Linear or Conv2d layer that can be "
+                          "analysed, so no exact feature collisions were searched for.",
+    "null_space_lower_bound": "The null space is at least this large; the iterative search only looked at a few "
+                              "of the smallest singular values.",
+    "null_space_not_converged": "The search for the smallest singular values stopped early: the smallest "
+                                "singular value shown is an upper bound.",
+    "null_space_collision_inexact": "Some image pairs that should give identical features changed the output: "
+                                    "the model does more to its input than the layer found.",
+    "null_space_shards_disagree": "Different workers found different first layers or null spaces; one was kept.",
+    "saliency_skipped": "The model has no spatial layer (or its Grad-CAM could not be computed), so where the "
+                        "perturbations land was not measured.",
 }
 
 #: gate status -> how the page names it

@@ -6,6 +6,7 @@ from .attacks import AttacksSuite
 from .base import Suite, SuiteContext, SuiteResult, SuiteStatus
 from .clean import CleanSuite
 from .fragile import FragileSuite
+from .invariance import InvarianceSuite
 from .perturbation.suite import PerturbationSuite
 from .shift import ShiftSuite
 
@@ -15,6 +16,7 @@ SUITES: dict[str, type[Suite]] = {
     AttacksSuite.name: AttacksSuite,
     PerturbationSuite.name: PerturbationSuite,
     ShiftSuite.name: ShiftSuite,
+    InvarianceSuite.name: InvarianceSuite,
 }
 
 

@@ -132,6 +132,32 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """One successful untargeted adversarial of the core: its budget, the attack and the image."""
+
+    eps: float
+    attack: str
+    image: torch.Tensor
+
+
+class Adversarials:
+    """Per sample and norm, one successful untargeted adversarial of the core (2a): at the smallest
+    budget that fooled the sample, from the first attack in run order that fooled it there. The core
+    keeps them only for a part that reads them (``uses_adversarials``); one image per sample and norm."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, dict[str, Kept]] = {}
+
+    def offer(self, sid: str, norm: str, eps: float, attack: str, image: torch.Tensor) -> None:
+        have = self.kept.setdefault(sid, {}).get(norm)
+        if have is None or eps < have.eps:
+            self.kept[sid][norm] = Kept(float(eps), attack, image.detach().clone())
+
+    def of(self, sid: str) -> dict[str, Kept]:
+        return self.kept.get(sid, {})
+
+
+@dataclass(frozen=True)
 class Shard:
     """What every part of the attacks suite gets to attack one shard.
 
@@ -143,6 +169,8 @@ class Shard:
         attacked: which samples are attacked (classified correctly on the clean image).
         progress: this part's fraction done.
         population: the audit's whole sample (ids and labels), the same in every shard.
+        adversarials: the core's successful untargeted adversarials, when a part switched on
+            reads them (its class sets ``uses_adversarials = True``); else None.
     """
 
     ctx: SuiteContext
@@ -153,6 +181,7 @@ class Shard:
     attacked: torch.Tensor
     progress: Callable[[float], None]
     population: Population
+    adversarials: Adversarials | None = None
 
     @property
     def clf(self) -> Classifier:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -110,4 +111,47 @@ def mask_plot(path: Path, title: str, mask: list[list[float]], image: list[list[
         ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def saliency_plot(path: Path, rows: list[dict[str, Any]], *, top_fraction: float, layer: str) -> Path:
+    """One row per fooled sample: the clean image under its Grad-CAM map with the top region outlined,
+    then |perturbation| per norm (channels combined) with the same outline and the overlap."""
+    import numpy as np
+
+    plt = _pyplot()
+    norms = sorted({n for r in rows for n in r["delta"]})
+    cols = 1 + len(norms)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.5 * len(rows) + 0.5), squeeze=False)
+    for r, row in enumerate(rows):
+        cam = np.asarray(row["cam"], dtype=float)
+        k = max(1, round(top_fraction * cam.size))
+        level = np.sort(cam.ravel())[::-1][k - 1] if cam.max() > 0 else None
+        ax = axes[r][0]
+        ax.imshow(np.asarray(row["image"], dtype=float), cmap="gray", interpolation="nearest")
+        ax.imshow(cam, cmap="jet", alpha=0.45, interpolation="bilinear")
+        if level is not None:
+            ax.contour(cam >= level, levels=[0.5], colors="white", linewidths=0.8)
+        ax.set_title(f"{row['id']}: Grad-CAM, top {top_fraction:.0%} outlined", fontsize=7, parse_math=False)
+        for c, norm in enumerate(norms, start=1):
+            ax = axes[r][c]
+            delta = row["delta"].get(norm)
+            if delta is None:
+                ax.axis("off")
+                continue
+            data = np.asarray(delta, dtype=float)
+            shown = ax.imshow(data, cmap="magma", interpolation="nearest")
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+            if level is not None:
+                ax.contour(cam >= level, levels=[0.5], colors="cyan", linewidths=0.8)
+            facts = row["norms"].get(norm) or {}
+            overlap = facts.get("overlap")
+            ax.set_title(f"|δ| {norm} (eps {fmt_eps(facts.get('eps', 0.0))}, {facts.get('attack', '')}): "
+                         f"overlap {fmt_num(overlap, 2) if overlap is not None else 'n/a'}", fontsize=7,
+                         parse_math=False)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    title = textwrap.fill(f"where the perturbation lands: Grad-CAM at {layer}"[:300], width=20 * cols)
+    fig.suptitle(title, fontsize=8, parse_math=False)
     return _save(plt, fig, path)

@@ -15,7 +15,7 @@ from ...attacks import Attack, AttackResult, make_attack
 from ...attacks.eot import EoT
 from ...classifier import Classifier
 from ...metrics import Unit, metric, proportion
-from .common import Record, Sample, in_batches, median, seeds_for, share
+from .common import Adversarials, Record, Sample, in_batches, median, seeds_for, share
 from .params import attacks_for, budgets, eps_key
 
 UNIT = {"linf": Unit.LINF, "l2": Unit.L2}
@@ -73,7 +73,8 @@ def merge_costs(a: CostTable, b: CostTable) -> CostTable:
 
 def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[str], attacked: torch.Tensor,
                    params: dict[str, Any], seed: int, progress: Callable[[float], None], eot: EoT | None = None,
-                   label_sets: Mapping[str, frozenset[int]] | None = None) -> tuple[dict[str, Record], CostTable]:
+                   label_sets: Mapping[str, frozenset[int]] | None = None,
+                   keep: Adversarials | None = None) -> tuple[dict[str, Record], CostTable]:
     """Per sample and norm: success per attack and budget, worst-case adversarial class per budget,
     and the minimal perturbation; and the cost per norm and attack. Samples not attacked (clean
     mistakes) get ``None`` entries.
@@ -89,6 +90,8 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
     cascade at a budget while every adversarial found there is of a valid class, so the later
     attacks get their chance to leave the set; and each record keeps every attack's class per
     budget under ``"preds"``.
+    With ``keep``, each success of the robust-accuracy set that leaves the label set is offered to
+    it (it keeps one adversarial per sample and norm).
     """
     out: dict[str, Record] = {sid: {} for sid in ids}
     idx = attacked.nonzero().squeeze(1)
@@ -164,6 +167,8 @@ def run_untargeted(clf: Classifier, x: torch.Tensor, y: torch.Tensor, ids: list[
                             row[c], cls[c] = bool(success[b, k]), int(preds[b, k])
                             if row[c] and cls[c] not in valid:
                                 robust[norm][c, m] = False
+                                if keep is not None:
+                                    keep.offer(gids[pos + k], norm, eps[c], name, res.adversarials[b][k])
                         rec["success"][name] = row
                         rec.setdefault("pred", {})[name] = cls
                     if not in_set and res.minimal_norms is not None:

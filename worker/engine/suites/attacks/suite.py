@@ -20,20 +20,22 @@ from ...samples import SampleSet
 from ..base import Partial, Suite, SuiteContext, SuiteResult
 from ..parts import CompositeMixin, Part, part_params
 from . import multilabel
-from .common import Final, Sample, Shard, in_batches
+from .common import Adversarials, Final, Sample, Shard, in_batches
 from .loss_comparison import LossComparisonPart
 from .misclassification import misclassification_metrics
 from .params import CORE, MOVED, attacks_for, budgets, check, eps_key, with_set_defaults
 from .plots import robust_accuracy_plot
 from .regional import RegionalPart
 from .robustness import Cost, CostTable, merge_costs, robustness_metrics, run_untargeted
+from .saliency import SaliencyPart
 from .sanity import eot_summary, probe, sanity_warnings, unreliable_metrics
 from .suitability import suitability_metrics, suitability_warnings
 from .targeted import TargetedPart
 from .transfer import TransferPart
 
 #: the parts after the untargeted core (2a), in run order; a new part is one module and one entry
-PARTS: tuple[Part[Shard, Final], ...] = (TargetedPart(), RegionalPart(), LossComparisonPart(), TransferPart())
+PARTS: tuple[Part[Shard, Final], ...] = (TargetedPart(), RegionalPart(), LossComparisonPart(), TransferPart(),
+                                         SaliencyPart())
 #: progress units of the untargeted core against a part's
 CORE_UNITS = 3
 
@@ -123,8 +125,12 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         # progress: rough shares of the work (the untargeted core 3 units, each part its own)
         total = CORE_UNITS + self.part_units(params)
         core = CORE_UNITS if sets is None else CORE_UNITS - 1  # with label sets: a unit for the valid alternatives
+        # the core's successful adversarials, kept only for a part that reads them (saliency)
+        keep = Adversarials() if any(getattr(p, "uses_adversarials", False) for p in self.enabled_parts(params)) \
+            else None
         untargeted, cost = run_untargeted(clf, x, y, ids, attacked, params, ctx.seed,
-                                          lambda f: ctx.progress(core * f / total), eot, label_sets=sets)
+                                          lambda f: ctx.progress(core * f / total), eot, label_sets=sets,
+                                          keep=keep)
         for sid in ids:
             records[sid].attacks = untargeted[sid]
         if sets is not None:
@@ -137,7 +143,7 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
 
         def inputs(part: Part[Shard, Final], progress: Any) -> Shard:
             return Shard(ctx=ctx, params=params, x=x, y=y, ids=ids, attacked=attacked, progress=progress,
-                         population=samples.population)
+                         population=samples.population, adversarials=keep)
 
         parts = self.run_parts(params, inputs, ctx.progress, start=CORE_UNITS, total=total)
         return {"samples": {sid: r.to_json() for sid, r in records.items()}, "cost": cost, "parts": parts}
@@ -169,7 +175,8 @@ class AttacksSuite(CompositeMixin[Shard, Final], Suite):
         final = Final(ctx=ctx, suite=self.name, params=params, records=records, class_names=names, hierarchy=hierarchy)
         results = self.finalize_parts(final, parts)
         for name, res in results:
-            metrics[name] = res.metrics
+            if res.metrics is not None:  # a part that skipped says why in its warnings
+                metrics[name] = res.metrics
         with_sets = bool(records) and records[0].label_set is not None
         if with_sets:
             metrics["multilabel"] = multilabel.multilabel_metrics(records, params)
