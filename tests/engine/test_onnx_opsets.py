@@ -261,6 +261,6 @@ def test_cli_audits_a_default_export_with_its_data_beside(tmp_path: Path) -> Non
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": str(model), "dataset": {"kind": "builtin", "name": "digits", "n_samples": 12},
                                 "suites": {"clean": {}}}))
-    assert main(["audit", "--quiet", "--config", str(spec), "--out", str(tmp_path / "out")]) == 0
+    assert main(["audit", "--quiet", "--allow-no-gates", "--config", str(spec), "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"]["format"] == "onnx" and report["suites"]["clean"]["status"] == "completed"
